@@ -1,0 +1,115 @@
+"""The image LMDB: one Caffe Datum per image, keyed by its zero-padded index.
+
+Training data is stored once per image (not per triplet): the triplets are an
+(T, 3) index array beside the LMDB and the Python data layer assembles
+batches. So the disk footprint grows with the number of images. Each Datum is
+3 x H x W uint8 BGR (raw 0..255, CHW), label = the person's training index,
+readable by Caffe's own Data layer too.
+"""
+import os
+
+import lmdb
+import numpy as np
+
+from mtdnet import MtdnetError
+from mtdnet.fsutil import atomic_dir
+
+
+def _caffe_pb2():
+    from caffe.proto import caffe_pb2  # deferred: pycaffe is heavy to import
+    return caffe_pb2
+
+
+def key(i):
+    return b"%08d" % i
+
+
+def encode_datum(img_chw, label):
+    img_chw = np.ascontiguousarray(img_chw, dtype=np.uint8)
+    if img_chw.ndim != 3 or img_chw.shape[0] != 3:
+        raise ValueError(f"expected a 3xHxW uint8 image, got shape {img_chw.shape}")
+    d = _caffe_pb2().Datum()
+    d.channels, d.height, d.width = img_chw.shape
+    d.data = img_chw.tobytes()
+    d.label = int(label)
+    return d.SerializeToString()
+
+
+def decode_datum(raw):
+    d = _caffe_pb2().Datum()
+    d.ParseFromString(raw)
+    img = np.frombuffer(d.data, dtype=np.uint8).reshape(d.channels, d.height, d.width)
+    return img, d.label
+
+
+def write_image_lmdb(path, items, map_size=None, count=None):
+    """Write (img_chw_uint8, label) items to a new LMDB at `path`, atomically.
+
+    The LMDB is built in a temporary sibling directory and renamed at the end,
+    so an error (or a full disk) never leaves a partial LMDB under `path`.
+    Returns (number of images, bytes on disk).
+    """
+    with atomic_dir(path) as tmp:
+        env = lmdb.open(tmp, map_size=map_size or (1 << 40), subdir=True,
+                        lock=False, writemap=False)
+        n = 0
+        try:
+            txn = env.begin(write=True)
+            for img, label in items:
+                txn.put(key(n), encode_datum(img, label))
+                n += 1
+                if n % 1000 == 0:
+                    txn.commit()
+                    txn = env.begin(write=True)
+            txn.commit()
+            env.sync()
+        except lmdb.MapFullError:
+            raise MtdnetError(f"{path}: LMDB map is full after {n} images")
+        except lmdb.Error as e:
+            raise MtdnetError(f"{path}: writing the LMDB failed after {n} images: {e}")
+        finally:
+            env.close()
+        if count is not None and n != count:
+            raise MtdnetError(f"{path}: expected {count} images, wrote {n}")
+    return n, dir_bytes(path)
+
+
+def dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+class ImageDB:
+    """Random access to an image LMDB written by write_image_lmdb."""
+
+    def __init__(self, path):
+        if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "data.mdb")):
+            raise MtdnetError(f"{path}: not an image LMDB (no data.mdb); run `make data` first")
+        self.path = path
+        self.env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=True)
+        self.txn = self.env.begin(buffers=False)
+        self.n = self.env.stat()["entries"]
+        if self.n == 0:
+            raise MtdnetError(f"{path}: the image LMDB is empty")
+        self.shape = self.get(0)[0].shape
+
+    def __len__(self):
+        return self.n
+
+    def get(self, i):
+        raw = self.txn.get(key(int(i)))
+        if raw is None:
+            raise MtdnetError(f"{self.path}: no image with index {i} (has {self.n})")
+        return decode_datum(raw)
+
+    def images(self, indices):
+        """uint8 array (len(indices), 3, H, W)."""
+        out = np.empty((len(indices),) + tuple(self.shape), np.uint8)
+        for j, i in enumerate(indices):
+            img, _ = self.get(i)
+            if img.shape != self.shape:
+                raise MtdnetError(f"{self.path}: image {i} has shape {img.shape}, expected {self.shape}")
+            out[j] = img
+        return out
+
+    def close(self):
+        self.env.close()

@@ -1,0 +1,1 @@
+"""Caffe Python layers of MTDnet (loaded by Caffe as layers.<module>)."""

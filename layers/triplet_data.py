@@ -1,0 +1,120 @@
+"""TripletDataLayer: batches of (anchor, positive, negative) images for the train nets.
+
+Reads the per-image LMDB written by data_prep (one Datum per image) and the
+(T, 3) triplet index array beside it, so training data costs one image's
+bytes per image, not per triplet. Tops: data_a, data_p, data_n, each
+(N, 3, S, S) float32, BGR, raw 0..255 (no mean, as the authors).
+
+param_str (JSON):
+  source     path of images.lmdb (relative paths: to the working directory,
+             then to the repository root)
+  triplets   path of the .npy (T, 3) int array of image indices
+  batch_size triplets per batch (N)
+  mirror     random horizontal mirror of each image independently (default true)
+  seed       RNG seed for the epoch shuffles and mirrors (default 1701)
+  shuffle    reshuffle the triplet order every epoch (default true)
+"""
+import os
+
+import caffe
+import numpy as np
+
+from layers.params import REQUIRED, parse_params, positive
+
+SCHEMA = {
+    "source": (str, REQUIRED, None),
+    "triplets": (str, REQUIRED, None),
+    "batch_size": (int, REQUIRED, positive),
+    "mirror": (bool, True, None),
+    "seed": (int, 1701, None),
+    "shuffle": (bool, True, None),
+}
+
+
+def resolve(path):
+    """Working directory first (caffe train is run from the repo root), then the repo."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(repo, path)
+
+
+def load_triplets(path, n_images):
+    path = resolve(path)
+    try:
+        t = np.load(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: triplet file not found; run `make data` first")
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read the triplet array: {e}")
+    if t.ndim != 2 or t.shape[1] != 3 or t.shape[0] == 0 or not np.issubdtype(t.dtype, np.integer):
+        raise ValueError(f"{path}: expected a non-empty (T, 3) integer array, got {t.dtype} {t.shape}")
+    if t.min() < 0 or t.max() >= n_images:
+        raise ValueError(f"{path}: triplet indices must lie in [0, {n_images}), got [{t.min()}, {t.max()}]")
+    return t.astype(np.int64)
+
+
+class TripletBatcher:
+    """The layer's logic without Caffe: epochs of shuffled triplets, mirrored images."""
+
+    def __init__(self, db, triplets, batch_size, mirror=True, seed=1701, shuffle=True):
+        self.db, self.triplets, self.n = db, triplets, batch_size
+        self.mirror, self.shuffle = mirror, shuffle
+        self.rng = np.random.RandomState(seed)
+        self.epoch, self.cursor = 0, 0
+        self.order = self._new_order()
+
+    def _new_order(self):
+        idx = np.arange(len(self.triplets))
+        if self.shuffle:
+            self.rng.shuffle(idx)
+        return idx
+
+    def next_indices(self):
+        rows = []
+        while len(rows) < self.n:
+            take = min(self.n - len(rows), len(self.order) - self.cursor)
+            rows.extend(self.order[self.cursor:self.cursor + take])
+            self.cursor += take
+            if self.cursor == len(self.order):
+                self.epoch += 1
+                self.cursor = 0
+                self.order = self._new_order()
+        return self.triplets[np.asarray(rows)]
+
+    def next_batch(self):
+        """Three float32 arrays (N, 3, S, S): anchors, positives, negatives."""
+        trip = self.next_indices()
+        out = []
+        for col in range(3):
+            imgs = self.db.images(trip[:, col]).astype(np.float32)
+            if self.mirror:
+                flip = self.rng.rand(len(imgs)) < 0.5
+                imgs[flip] = imgs[flip][..., ::-1]
+            out.append(imgs)
+        return out
+
+
+class TripletDataLayer(caffe.Layer):
+    def setup(self, bottom, top):
+        from data_prep.imagedb import ImageDB
+        p = parse_params(self.__class__.__name__, self.param_str, SCHEMA)
+        if len(bottom) != 0 or len(top) != 3:
+            raise ValueError("TripletDataLayer takes no bottoms and gives 3 tops (data_a, data_p, data_n)")
+        db = ImageDB(resolve(p["source"]))
+        trip = load_triplets(p["triplets"], len(db))
+        self.batcher = TripletBatcher(db, trip, p["batch_size"], p["mirror"], p["seed"], p["shuffle"])
+        self.shape = (p["batch_size"],) + tuple(db.shape)
+        for t in top:
+            t.reshape(*self.shape)
+
+    def reshape(self, bottom, top):
+        for t in top:
+            t.reshape(*self.shape)
+
+    def forward(self, bottom, top):
+        for t, arr in zip(top, self.batcher.next_batch()):
+            t.data[...] = arr
+
+    def backward(self, top, propagate_down, bottom):
+        pass

@@ -1,0 +1,90 @@
+"""The one place for settings: profiles (paper / cpu / tiny) and per-dataset facts.
+
+`paper` is the authors' release exactly (see ../shared/REFERENCE.md). `cpu`
+keeps the topology and scales widths and input for a 2-core CPU. `tiny` is
+for tests. Everything downstream (generator, data preparation, training,
+evaluation) reads its numbers from here.
+"""
+import dataclasses
+
+from mtdnet import MtdnetError
+
+DATASETS = ("synthetic", "viper", "cuhk01", "cuhk03", "ilids", "prid2011")
+VARIANTS = ("mtdnet", "cls", "rnk", "trp", "aug", "cross")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    input_size: int          # images are resized to input_size x input_size (BGR, raw 0..255)
+    conv1: int               # CaffeNet widths, in network order
+    conv2: int
+    conv3: int
+    conv4: int
+    conv5: int
+    fc6: int
+    fc7: int
+    feat: int                # triplet feature (ranking branch) dimension
+    batch_triplets: int      # triplets per iteration; the classifier sees 2x pairs
+    base_lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    margin: float = 1.0      # triplet-loss margin on L2-normalised features
+    contrastive_margin: float = 1.0
+    max_iter: int = 20000    # small datasets; CUHK03 uses max_iter_cuhk03
+    max_iter_cuhk03: int = 200000
+    snapshot: int = 500
+    display: int = 20
+    triplets_per_pair: int = 10   # per positive pair and direction
+    seed: int = 1701              # solver random_seed, data shuffling, negatives
+
+    def solver_settings(self, dataset):
+        """(base_lr, max_iter) for `dataset`: the authors used 1e-4 on PRID2011."""
+        check_dataset(dataset)
+        lr = self.base_lr * (0.1 if dataset == "prid2011" else 1.0)
+        it = self.max_iter_cuhk03 if dataset == "cuhk03" else self.max_iter
+        return lr, it
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+PROFILES = {
+    "paper": Profile(
+        name="paper", input_size=227,
+        conv1=96, conv2=256, conv3=384, conv4=384, conv5=256, fc6=4096, fc7=4096,
+        feat=512, batch_triplets=128),
+    # 1/4 of the widths at 127x127 input (pool2 gives 7x7 instead of 13x13).
+    "cpu": Profile(
+        name="cpu", input_size=127,
+        conv1=24, conv2=64, conv3=96, conv4=96, conv5=64, fc6=1024, fc7=1024,
+        feat=128, batch_triplets=32, max_iter=5000, max_iter_cuhk03=50000),
+    "tiny": Profile(
+        name="tiny", input_size=63,
+        conv1=8, conv2=16, conv3=24, conv4=24, conv5=16, fc6=64, fc7=64,
+        feat=32, batch_triplets=8, base_lr=0.01, max_iter=300, max_iter_cuhk03=300,
+        snapshot=100, display=10),
+}
+
+
+def _unknown(kind, name, valid):
+    return MtdnetError(f"unknown {kind} '{name}'; valid: {', '.join(valid)}")
+
+
+def get_profile(name):
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise _unknown("profile", name, PROFILES) from None
+
+
+def check_dataset(name):
+    if name not in DATASETS:
+        raise _unknown("dataset", name, DATASETS)
+    return name
+
+
+def check_variant(name):
+    if name not in VARIANTS:
+        raise _unknown("variant", name, VARIANTS)
+    return name
