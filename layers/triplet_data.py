@@ -105,16 +105,16 @@ class TripletDataLayer(caffe.Layer):
         trip = load_triplets(p["triplets"], len(db))
         self.batcher = TripletBatcher(db, trip, p["batch_size"], p["mirror"], p["seed"], p["shuffle"])
         self.shape = (p["batch_size"],) + tuple(db.shape)
-        for t in top:
-            t.reshape(*self.shape)
+        self.reshape(bottom, top)
 
     def reshape(self, bottom, top):
-        for t in top:
-            t.reshape(*self.shape)
+        # RawBlobVec cannot be iterated (no to_python converter): index it.
+        for i in range(3):
+            top[i].reshape(*self.shape)
 
     def forward(self, bottom, top):
-        for t, arr in zip(top, self.batcher.next_batch()):
-            t.data[...] = arr
+        for i, arr in enumerate(self.batcher.next_batch()):
+            top[i].data[...] = arr
 
     def backward(self, top, propagate_down, bottom):
         pass

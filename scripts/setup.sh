@@ -30,12 +30,15 @@ mkdir -p "$LOGDIR"
 STEP="start"
 STEP_LOG=""
 step() { STEP="$1"; STEP_LOG="${2:-}"; echo "==> $STEP"; }
+PART=""
 die() {
+  # A failed build is never left looking like a build.
+  [ -n "$PART" ] && rm -rf "$PART"
   echo "setup: FAILED at step '$STEP': $*" >&2
   [ -n "$STEP_LOG" ] && echo "setup: see the log: $STEP_LOG" >&2
   exit 1
 }
-trap 'rc=$?; [ $rc -ne 0 ] && echo "setup: stopped at step '"'"'$STEP'"'"' (exit $rc)${STEP_LOG:+; log: $STEP_LOG}" >&2' EXIT
+trap 'rc=$?; [ -n "$PART" ] && rm -rf "$PART"; [ $rc -ne 0 ] && echo "setup: stopped at step '"'"'$STEP'"'"' (exit $rc)${STEP_LOG:+; log: $STEP_LOG}" >&2' EXIT
 
 # ---------------------------------------------------------------- tools
 step "check system tools"
@@ -169,6 +172,7 @@ else
     touch "$PART/.mtdnet-complete"
     rm -rf "$BUILD"
     mv "$PART" "$BUILD"
+    PART=""
     echo "    built in $(( $(date +%s) - start )) s"
   fi
 fi
