@@ -147,6 +147,9 @@ else
     step "build Caffe ($VARIANT, key $KEY; ~10 min on 2 cores)" "$LOG"
     if [ "$CUDA" = "1" ]; then
       [ -x "$CUDA_HOME/bin/nvcc" ] || die "CUDA=1 but no nvcc at $CUDA_HOME/bin/nvcc (set CUDA_HOME)"
+      for h in cublas_v2.h curand.h cuda_runtime.h; do
+        [ -f "$CUDA_HOME/include/$h" ] || die "CUDA=1 but $CUDA_HOME/include/$h is missing (Caffe needs the cuBLAS and cuRAND headers of the full CUDA toolkit)"
+      done
     fi
     mkdir -p "$CACHE/caffe"
     # Stale partial builds (interrupted runs) are never used; clear them.
