@@ -1,0 +1,316 @@
+"""Pictures: CMC curves, the training loss curve from a Caffe log, ranked galleries.
+
+matplotlib through the object API (Figure + Agg), never pyplot, so nothing
+global changes and no display is needed. Every PNG is rendered in memory and
+written atomically, with a fixed pixel size (see the *_SIZE constants and
+`ranked_gallery_size`).
+"""
+import io
+import math
+import os
+import re
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from mtdnet import MtdnetError
+from mtdnet import evaluation
+from mtdnet.fsutil import atomic_write_bytes
+
+DPI = 100
+CMC_SIZE = (900, 600)        # pixels (width, height)
+LOSS_SIZE = (1000, 600)
+CELL_IN = (1.0, 2.2)         # one ranked-gallery image cell, inches (people are tall)
+MATCH_COLOR = "#1a9850"
+PROBE_COLOR = "#2166ac"
+
+
+def _save(fig, path):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _figure(size_px):
+    return Figure(figsize=(size_px[0] / DPI, size_px[1] / DPI), dpi=DPI)
+
+
+# ---- CMC ----------------------------------------------------------------------
+
+def cmc_label(name, result):
+    """Legend text: run name, rank-1 (with spread over trials), protocol."""
+    r1 = result.get("rank1")
+    if r1 is None:
+        r1 = result["cmc"][0]
+    text = f"{name}: rank-1 {r1:.2f}%"
+    if result.get("trials", 1) > 1 and result.get("rank1_std") is not None:
+        text += f" \u00b1 {result['rank1_std']:.2f}"
+    if result.get("protocol"):
+        n = result.get("trials", 1)
+        text += f" ({result['protocol']}" + (f", {n} trials)" if n > 1 else ")")
+    return text
+
+
+def plot_cmc(runs, path, *, title="CMC", max_rank=None):
+    """CMC curves of one or several runs -> PNG of CMC_SIZE pixels.
+
+    runs: {name: result} or [(name, result)], result a cmc.json dict (needs
+    "cmc" in percent, rank 1 first; uses rank1, rank1_std, trials, protocol,
+    gallery_size when present). max_rank: x range (default the longest curve,
+    at most 50). A dashed chance line k/G is drawn when all runs share G.
+    """
+    items = list(runs.items()) if isinstance(runs, dict) else list(runs)
+    if not items:
+        raise MtdnetError("plot_cmc: no runs to plot")
+    for name, res in items:
+        if not res.get("cmc"):
+            raise MtdnetError(f"plot_cmc: run '{name}' has no 'cmc' curve")
+    longest = max(len(res["cmc"]) for _, res in items)
+    n = max_rank or min(longest, 50)
+    fig = _figure(CMC_SIZE)
+    ax = fig.add_subplot()
+    for name, res in items:
+        cmc = np.asarray(res["cmc"], dtype=float)
+        # Past the gallery size the whole gallery is shown: the curve stays flat.
+        y = np.concatenate([cmc, np.full(max(0, n - cmc.size), cmc[-1])])[:n]
+        ax.plot(np.arange(1, n + 1), y, marker="o" if n <= 30 else None, markersize=3,
+                linewidth=1.8, label=cmc_label(name, res))
+    sizes = {len(res["cmc"]) for _, res in items}
+    if len(sizes) == 1:
+        g = sizes.pop()
+        k = np.arange(1, n + 1)
+        ax.plot(k, 100.0 * np.minimum(k, g) / g, "k--", linewidth=1,
+                label=f"chance (gallery of {g})")
+    ax.set_xlim(1, n)
+    ax.set_ylim(0, 100)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---- Caffe log ----------------------------------------------------------------
+
+_NUM = r"([-+]?(?:nan|inf|[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?))"
+_ITER_LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = " + _NUM, re.I)
+_TRAIN_OUT = re.compile(r"Train net output #(\d+): (\S+) = " + _NUM
+                        + r"(?: \(\* " + _NUM + r" = )?", re.I)
+_ITER_LR = re.compile(r"Iteration (\d+), lr = " + _NUM, re.I)
+_TESTING = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
+_TEST_OUT = re.compile(r"Test net output #(\d+): (\S+) = " + _NUM, re.I)
+
+
+def parse_caffe_log(text):
+    """Numbers of a `caffe train` log (text) -> dict.
+
+    {"iterations": [N...], "loss": [X...]}  from "Iteration N ..., loss = X"
+    (Caffe's smoothed total loss), "outputs": {name: ([N...], [X...])} from
+    the "Train net output #k: name = X (* w = wX loss)" lines after each of
+    them (X: the raw, unweighted value), "loss_weights": {name: w}, "lr":
+    ([N...], [X...]), "test": {name: ([N...], [X...])}. NaN stays NaN.
+    A resumed run appended to the same log supersedes: when the iteration
+    goes back, the points from there on are dropped.
+    """
+    it, loss, lr_it, lr = [], [], [], []
+    outputs, test, weights = {}, {}, {}
+    cur = None
+    test_it = None
+
+    def drop_from(n):
+        def cut(xs, ys):
+            keep = [i for i, x in enumerate(xs) if x < n]
+            xs[:], ys[:] = [xs[i] for i in keep], [ys[i] for i in keep]
+        cut(it, loss)
+        cut(lr_it, lr)
+        for xs, ys in list(outputs.values()) + list(test.values()):
+            cut(xs, ys)
+
+    for line in text.splitlines():
+        m = _ITER_LOSS.search(line)
+        if m:
+            n = int(m.group(1))
+            if it and n <= it[-1]:
+                drop_from(n)
+            it.append(n)
+            loss.append(float(m.group(2)))
+            cur = n
+            continue
+        m = _TRAIN_OUT.search(line)
+        if m and cur is not None:
+            xs, ys = outputs.setdefault(m.group(2), ([], []))
+            xs.append(cur)
+            ys.append(float(m.group(3)))
+            if m.group(4) is not None:
+                weights[m.group(2)] = float(m.group(4))
+            continue
+        m = _ITER_LR.search(line)
+        if m:
+            lr_it.append(int(m.group(1)))
+            lr.append(float(m.group(2)))
+            continue
+        m = _TESTING.search(line)
+        if m:
+            test_it = int(m.group(1))
+            continue
+        m = _TEST_OUT.search(line)
+        if m and test_it is not None:
+            xs, ys = test.setdefault(m.group(2), ([], []))
+            xs.append(test_it)
+            ys.append(float(m.group(3)))
+    return {"iterations": it, "loss": loss, "outputs": outputs, "loss_weights": weights,
+            "lr": (lr_it, lr), "test": test}
+
+
+def read_caffe_log(path):
+    """parse_caffe_log of a file; a missing file or one without loss lines is an error."""
+    try:
+        with open(path, errors="replace") as f:
+            parsed = parse_caffe_log(f.read())
+    except FileNotFoundError:
+        raise MtdnetError(f"{path}: Caffe log not found") from None
+    if not parsed["iterations"]:
+        raise MtdnetError(f"{path}: no 'Iteration N, loss = X' lines (not a caffe train log, "
+                          f"or training has not displayed a loss yet)")
+    return parsed
+
+
+def plot_loss_curve(log, path, *, title="training loss"):
+    """Loss curve PNG (LOSS_SIZE pixels) from a Caffe log path or a parsed log.
+
+    Draws Caffe's smoothed total loss and every train-net output; the first
+    NaN/inf loss, if any, is marked with a red line and its iteration.
+    """
+    parsed = read_caffe_log(log) if isinstance(log, (str, os.PathLike)) else log
+    if not parsed["iterations"]:
+        raise MtdnetError("plot_loss_curve: the log has no loss values")
+    fig = _figure(LOSS_SIZE)
+    ax = fig.add_subplot()
+    ax.plot(parsed["iterations"], parsed["loss"], color="black", linewidth=2,
+            label="total weighted loss (as Caffe displays it)")
+    weights = parsed.get("loss_weights", {})
+    for name, (xs, ys) in sorted(parsed["outputs"].items()):
+        w = f", weight {weights[name]:g}" if name in weights else ""
+        ax.plot(xs, ys, linewidth=1.2, alpha=0.85, label=f"{name} (unweighted{w})")
+    bad = [n for n, x in zip(parsed["iterations"], parsed["loss"]) if not math.isfinite(x)]
+    if bad:
+        ax.axvline(bad[0], color="red", linewidth=1.5,
+                   label=f"loss is NaN/inf from iteration {bad[0]}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---- ranked gallery -------------------------------------------------------------
+
+def ranked_gallery_size(n_rows, top):
+    """Pixel size (width, height) of a ranked-gallery PNG with n_rows probes and top images."""
+    w_in, h_in = _gallery_inches(n_rows, top)
+    return round(w_in * DPI), round(h_in * DPI)
+
+
+def _gallery_inches(n_rows, top):
+    # probe column + a half-cell gap + top columns; rows of cells + a title band
+    return (top + 1.5) * CELL_IN[0], n_rows * CELL_IN[1] + 0.6
+
+
+def _load(img):
+    if isinstance(img, (str, os.PathLike)):
+        from PIL import Image
+        try:
+            with Image.open(img) as im:
+                return np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            raise MtdnetError(f"{img}: image not found") from None
+        except OSError as e:
+            raise MtdnetError(f"{img}: cannot read image ({e})") from None
+    a = np.asarray(img)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise MtdnetError(f"ranked gallery: expected an HxWx3 RGB image, got shape {a.shape}")
+    return a
+
+
+def ranked_gallery_rows(scores, probe_ids, gallery_ids, probe_images, gallery_images, *,
+                        higher_is_better, probes=None, n_rows=5, top=10):
+    """Rows for plot_ranked_gallery from a (P, G) score matrix (same tie rule as CMC).
+
+    probe_images / gallery_images: one image (path or RGB array) per probe /
+    gallery entry. probes: which probe positions to show (default n_rows
+    evenly spaced over the probe list).
+    """
+    s, p, g = evaluation.check_scores(scores, probe_ids, gallery_ids)
+    if len(probe_images) != p.size or len(gallery_images) != g.size:
+        raise MtdnetError(f"ranked gallery: {len(probe_images)} probe and {len(gallery_images)} "
+                          f"gallery images for a {s.shape} score matrix")
+    if probes is None:
+        probes = np.unique(np.linspace(0, p.size - 1, min(n_rows, p.size)).round().astype(int))
+    rows = []
+    for i in probes:
+        order, match, first = evaluation.ranked_gallery(
+            s[i], g, p[i], higher_is_better=higher_is_better, top=top)
+        rows.append({"probe": probe_images[i], "probe_label": f"probe id {p[i]}",
+                     "gallery": [gallery_images[j] for j in order],
+                     "is_match": [bool(x) for x in match],
+                     "scores": [float(s[i, j]) for j in order],
+                     "first_match_rank": first})
+    return rows
+
+
+def plot_ranked_gallery(rows, path, *, title="ranked gallery"):
+    """Probe and its top gallery images per row; true matches framed in green.
+
+    rows: dicts {"probe": image, "gallery": [images, best first],
+    "is_match": [bool], optional "scores": [float], "probe_label": str,
+    "first_match_rank": int} (see ranked_gallery_rows); images are paths or
+    HxWx3 RGB arrays. Size: ranked_gallery_size(len(rows), longest gallery).
+    """
+    if not rows:
+        raise MtdnetError("plot_ranked_gallery: no rows")
+    top = max(len(r["gallery"]) for r in rows)
+    for r in rows:
+        if len(r["is_match"]) != len(r["gallery"]):
+            raise MtdnetError("plot_ranked_gallery: is_match and gallery differ in length")
+    w_in, h_in = _gallery_inches(len(rows), top)
+    fig = Figure(figsize=(w_in, h_in), dpi=DPI)
+    title_frac = 0.6 / h_in
+    gs = fig.add_gridspec(len(rows), top + 2, width_ratios=[1, 0.5] + [1] * top,
+                          left=0.01, right=0.99, bottom=0.01, top=1 - title_frac,
+                          wspace=0.08, hspace=0.35)
+    fig.suptitle(title + "  (green frame = true match)", fontsize=12,
+                 y=1 - 0.25 / h_in, va="center")
+    for ri, r in enumerate(rows):
+        ax = fig.add_subplot(gs[ri, 0])
+        _show(ax, _load(r["probe"]), PROBE_COLOR, 3)
+        label = r.get("probe_label", "probe")
+        fm = r.get("first_match_rank")
+        if fm is not None and fm > len(r["gallery"]):
+            label += f"\nmatch at rank {fm}"
+        ax.set_title(label, fontsize=8, color=PROBE_COLOR)
+        scores = r.get("scores")
+        for k, img in enumerate(r["gallery"]):
+            ax = fig.add_subplot(gs[ri, k + 2])
+            hit = r["is_match"][k]
+            _show(ax, _load(img), MATCH_COLOR if hit else "#bbbbbb", 4 if hit else 1)
+            t = f"#{k + 1}" + (f"  {scores[k]:.3g}" if scores is not None else "")
+            ax.set_title(t, fontsize=8, color=MATCH_COLOR if hit else "black",
+                         fontweight="bold" if hit else "normal")
+    return _save(fig, path)
+
+
+def _show(ax, img, color, width):
+    ax.imshow(img, aspect="equal", interpolation="bilinear")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for sp in ax.spines.values():
+        sp.set_edgecolor(color)
+        sp.set_linewidth(width)
