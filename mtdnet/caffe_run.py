@@ -21,7 +21,6 @@ CAFFE = os.path.join(REPO_ROOT, ".venv", "bin", "caffe")
 
 _ITER = re.compile(r"Iteration (\d+)(?: \(([\d.]+) iter/s[^)]*\))?, loss = (\S+)")
 _SOLVING_ITER = re.compile(r"Iteration (\d+), lr = ")
-_RESTORE = re.compile(r"Restoring previous solver status from (\S+)")
 
 
 def caffe_binary():

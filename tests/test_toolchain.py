@@ -8,30 +8,17 @@ import numpy as np
 import pytest
 
 import caffe
-from caffe import layers as L, params as P
 
 from mtdnet import REPO_ROOT
-from tests.helpers import make_image_lmdb, run_caffe
+from tests.helpers import make_image_lmdb, run_caffe, toy_net_text, toy_solver_text
 
 N, S, OUT = 4, 5, 3
 LOSS_WEIGHT = 2.0
 
 
 def write_net(tmp_path, imgs_path, trip_path):
-    """TripletDataLayer -> InnerProduct(anchor) -> Python loss (loss_weight 2)."""
-    n = caffe.NetSpec()
-    n.data_a, n.data_p, n.data_n = L.Python(
-        ntop=3, python_param=dict(
-            module="layers.triplet_data", layer="TripletDataLayer",
-            param_str='{"source": "%s", "triplets": "%s", "batch_size": %d, "mirror": false, "shuffle": false}'
-            % (imgs_path, trip_path, N)))
-    n.ip = L.InnerProduct(n.data_a, num_output=OUT,
-                          weight_filler=dict(type="gaussian", std=0.001, ),
-                          bias_filler=dict(type="constant", value=0.5))
-    n.loss = L.Python(n.ip, loss_weight=LOSS_WEIGHT,
-                      python_param=dict(module="tests.toy_layers", layer="HalfSumSquares"))
     path = tmp_path / "net.prototxt"
-    path.write_text("force_backward: true\n" + str(n.to_proto()))
+    path.write_text(toy_net_text(imgs_path, trip_path, N, OUT, LOSS_WEIGHT))
     return str(path)
 
 
@@ -78,10 +65,8 @@ def test_caffe_binary_trains_one_step_with_python_layers(tmp_path, tiny_data):
     net_path = write_net(tmp_path, lmdb_path, trip_path)
     lr = 1e-6
     solver = tmp_path / "solver.prototxt"
-    solver.write_text(
-        f'net: "{net_path}"\nbase_lr: {lr}\nlr_policy: "fixed"\nmomentum: 0\nweight_decay: 0\n'
-        f'max_iter: 1\ndisplay: 1\nrandom_seed: 7\nsnapshot_after_train: true\n'
-        f'snapshot_prefix: "{tmp_path}/snap"\nsolver_mode: CPU\n')
+    solver.write_text(toy_solver_text(net_path, f"{tmp_path}/snap", 1, base_lr=lr)
+                      + "snapshot_after_train: true\n")
     rc, log = run_caffe(["train", "-solver", str(solver)])
     assert rc == 0, log[-3000:]
     logged = float(re.search(r"Iteration 0, loss = ([-+.\deE]+)", log).group(1))

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""make train: train one MTDnet variant on one dataset with the generated solver.
+
+Examples:
+  python tools/train.py --dataset synthetic --variant mtdnet --profile tiny --iters 300
+  python tools/train.py --dataset viper --variant mtdnet --profile cpu \\
+      --weights runs/cuhk03-mtdnet-cpu/snapshots/cuhk03_mtdnet_iter_50000.caffemodel
+Re-running the same command resumes from the newest snapshot; Ctrl-C stops
+with a snapshot.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mtdnet.fsutil import cli_main  # noqa: E402
+from mtdnet.profiles import DATASETS, PROFILES, VARIANTS  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(DATASETS)}")
+    ap.add_argument("--variant", default="mtdnet", help=f"one of {', '.join(v for v in VARIANTS if v != 'trp')}")
+    ap.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
+    ap.add_argument("--split", default="paper", help="paper or random<k>")
+    ap.add_argument("--iters", type=int, help="max_iter (default: the profile's for this dataset)")
+    ap.add_argument("--weights", help="an ImageNet CaffeNet/AlexNet caffemodel (conv1/conv2 are copied) "
+                                      "or an MTDnet model (CUHK03) to fine-tune from")
+    ap.add_argument("--gpu", action="store_true", help="solver_mode GPU (needs `make setup CUDA=1`)")
+    a = ap.parse_args()
+    from mtdnet import training
+    training.train(a.dataset, a.variant, a.profile, a.split, a.iters, a.weights, a.gpu)
+
+
+if __name__ == "__main__":
+    cli_main(main)
