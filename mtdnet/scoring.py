@@ -2,18 +2,38 @@
 
 cls-type models (mtdnet, cls, aug, cross): the pair score is the mean softmax
 P(same) over 8 passes: probe original or mirrored x gallery original or
-mirrored x both input orders (the authors' test). trp / rnk: the squared
-Euclidean distance between L2-normalised features, averaged over the four
-mirror combinations.
+mirrored x both input orders (the authors' test), with the deploy net
+`prototxt/<profile>/pair_score.prototxt` (inputs data_1, data_2; P(same) =
+prob[:, 1]). trp / rnk: the squared Euclidean distance between the
+L2-normalised features (`feature.prototxt` / `rnk_feature.prototxt`, output
+`feature`), averaged over the four mirror combinations.
+
+Images are (N, 3, S, S) BGR, raw 0..255 (uint8 or float), as in the LMDB.
+`score_matrix` is the one entry point; a pair scorer is any function
+(net, probes, gallery, batch, progress) -> (P, G) array registered in
+PAIR_SCORERS, so a faster exact scorer plugs in beside the naive one.
 """
+import os
+
 import numpy as np
 
 from mtdnet import MtdnetError
 
 MIRRORS = (False, True)
+SCORE_BATCH = 64          # pairs (or images) per forward pass: speed only, not the result
+PAIR_PASSES = 8
+# What each score kind means (recorded in cmc.json).
+SCORE_KINDS = {
+    "pair": "mean softmax P(same) over 8 passes (probe, gallery each original or mirrored; "
+            "both input orders)",
+    "feature": "squared Euclidean distance of the L2-normalised features, mean over the 4 "
+               "mirror combinations",
+}
 
 
 def _caffe():
+    # Caffe's glog chatter on every net construction hides the progress bar.
+    os.environ.setdefault("GLOG_minloglevel", "2")
     import caffe
     caffe.set_mode_cpu()
     return caffe
@@ -21,7 +41,6 @@ def _caffe():
 
 def load_net(deploy, weights):
     """A TEST-phase net with `weights`; a model that doesn't fit the net is a clear error."""
-    import os
     caffe = _caffe()
     for path, what in ((deploy, "deploy net"), (weights, "model")):
         if not os.path.exists(path):
@@ -32,8 +51,8 @@ def load_net(deploy, weights):
     return net
 
 
-def _check_fits(net, weights):
-    """Caffe aborts the process on a shape mismatch: check first, name the layer."""
+def model_blobs(weights):
+    """{layer name: [blob shapes]} of a .caffemodel (layers with weights only)."""
     from caffe.proto import caffe_pb2
     param = caffe_pb2.NetParameter()
     try:
@@ -41,72 +60,112 @@ def _check_fits(net, weights):
             param.ParseFromString(f.read())
     except Exception as e:
         raise MtdnetError(f"{weights}: not a Caffe model ({e})")
-    stored = {l.name: [tuple(b.shape.dim) if b.shape.dim else (b.num, b.channels, b.height, b.width)
-                       for b in l.blobs] for l in param.layer}
+    return {l.name: [tuple(b.shape.dim) if b.shape.dim else
+                     tuple(x for x in (b.num, b.channels, b.height, b.width))
+                     for b in l.blobs] for l in param.layer if l.blobs}
+
+
+def _check_fits(net, weights):
+    """Caffe aborts the process on a shape mismatch: check first, name the layer."""
+    stored = model_blobs(weights)
     missing = []
     for name, blobs in net.params.items():
-        if name not in stored or not stored[name]:
+        if name not in stored:
             missing.append(name)
             continue
-        for i, (b, shape) in enumerate(zip(blobs, stored[name])):
+        if len(stored[name]) != len(blobs):
+            raise MtdnetError(f"{weights}: layer '{name}' has {len(stored[name])} blobs, the net "
+                              f"needs {len(blobs)}: the model does not fit this net")
+        for i, (b, got) in enumerate(zip(blobs, stored[name])):
             want = tuple(b.data.shape)
-            got = tuple(s for s in shape)
+            # Legacy 4-d shapes pad with 1s: compare the counts then.
             if int(np.prod(want)) != int(np.prod(got)) or (len(got) == len(want) and got != want):
                 raise MtdnetError(f"{weights}: layer '{name}' blob {i} has shape {got}, "
-                                  f"the net needs {want}: the model does not fit this net/profile")
+                                  f"the net needs {want}: the model does not fit this net "
+                                  f"(wrong profile?)")
     if missing:
-        raise MtdnetError(f"{weights}: has no weights for layer(s) {missing}: "
+        raise MtdnetError(f"{weights}: has no weights for layer(s) {', '.join(missing)}: "
                           "the model does not fit this net (wrong variant or profile?)")
 
 
+def input_size(net, name):
+    return tuple(net.blobs[name].data.shape[1:])
+
+
+def check_images(net, name, images, what):
+    want = input_size(net, name)
+    if images.ndim != 4 or tuple(images.shape[1:]) != want:
+        raise MtdnetError(f"{what}: images of shape {tuple(images.shape[1:])}, the net's input "
+                          f"'{name}' takes {want} (data prepared for another profile?)")
+
+
 def mirror(images):
+    """Horizontal mirror of (N, C, H, W) images."""
     return images[..., ::-1]
 
 
-def _batches(n, size):
-    for s in range(0, n, size):
-        yield slice(s, min(n, s + size))
+def _views(images):
+    """{mirrored: float32 contiguous copy} for both mirror states."""
+    return {m: np.ascontiguousarray(mirror(images) if m else images, dtype=np.float32)
+            for m in MIRRORS}
 
 
-def _run(net, feeds, out, batch):
-    """Forward the arrays in `feeds` ({input name: (N, ...) array}) in batches; return `out` rows."""
-    n = len(next(iter(feeds.values())))
-    res = None
-    for sl in _batches(n, batch):
-        for name, arr in feeds.items():
-            blob = net.blobs[name]
-            if blob.data.shape[0] != sl.stop - sl.start:
-                blob.reshape(sl.stop - sl.start, *arr.shape[1:])
-            blob.data[...] = arr[sl]
+def _set_batch(net, names, n):
+    if net.blobs[names[0]].data.shape[0] != n:
+        for name in names:
+            net.blobs[name].reshape(n, *net.blobs[name].data.shape[1:])
         net.reshape()
-        o = net.forward()[out]
-        if res is None:
-            res = np.empty((n,) + o.shape[1:], np.float32)
-        res[sl] = o
-    return res
 
 
-def pair_scores_naive(net, probes, gallery, batch=64, progress=None):
-    """(P, G) mean P(same) over the 8 passes, one full net pass per pair and pass."""
+def pair_scores_naive(net, probes, gallery, batch=SCORE_BATCH, progress=None):
+    """(P, G) float64 mean P(same) over the 8 passes: one full net pass per pair and pass.
+
+    Pairs are visited probe-major in batches of `batch` pairs; `progress`
+    (a tqdm bar or None) advances by the number of pairs done.
+    """
+    check_images(net, "data_1", probes, "probes")
+    check_images(net, "data_2", gallery, "gallery")
     P, G = len(probes), len(gallery)
-    scores = np.zeros((P, G), np.float64)
-    gal = {m: (mirror(gallery) if m else gallery).astype(np.float32) for m in MIRRORS}
-    for i in range(P):
+    pro, gal = _views(probes), _views(gallery)
+    total = np.zeros(P * G, np.float64)
+    for s in range(0, P * G, batch):
+        idx = np.arange(s, min(P * G, s + batch))
+        pi, gj = idx // G, idx % G
+        _set_batch(net, ("data_1", "data_2"), idx.size)
         for mp in MIRRORS:
-            p = np.repeat((mirror(probes[i:i + 1]) if mp else probes[i:i + 1]).astype(np.float32), G, 0)
+            a = pro[mp][pi]
             for mg in MIRRORS:
-                for first, second in ((p, gal[mg]), (gal[mg], p)):
-                    prob = _run(net, {"data_1": first, "data_2": second}, "prob", batch)
-                    scores[i] += prob[:, 1]
+                b = gal[mg][gj]
+                for first, second in ((a, b), (b, a)):
+                    net.blobs["data_1"].data[...] = first
+                    net.blobs["data_2"].data[...] = second
+                    total[idx] += net.forward()["prob"][:, 1]
         if progress is not None:
-            progress.update(1)
-    return scores / 8.0
+            progress.update(idx.size)
+    return (total / PAIR_PASSES).reshape(P, G)
 
 
-def features(net, images, batch=64):
-    """{mirrored: (N, D) L2-normalised features} for the original and mirrored images."""
-    return {m: _run(net, {"data": (mirror(images) if m else images).astype(np.float32)}, "feature", batch)
-            .reshape(len(images), -1) for m in MIRRORS}
+PAIR_SCORERS = {"naive": pair_scores_naive}
+
+
+def features(net, images, batch=SCORE_BATCH, progress=None):
+    """{mirrored: (N, D) float32 features} of the original and mirrored images."""
+    check_images(net, "data", images, "images")
+    out = {}
+    for m, views in _views(images).items():
+        feats = None
+        for s in range(0, len(views), batch):
+            x = views[s:s + batch]
+            _set_batch(net, ("data",), len(x))
+            net.blobs["data"].data[...] = x
+            f = net.forward()["feature"].reshape(len(x), -1)
+            if feats is None:
+                feats = np.empty((len(views), f.shape[1]), np.float32)
+            feats[s:s + len(x)] = f
+            if progress is not None:
+                progress.update(len(x))
+        out[m] = feats
+    return out
 
 
 def feature_distances(probe_feats, gallery_feats):
@@ -117,3 +176,26 @@ def feature_distances(probe_feats, gallery_feats):
         for mg in MIRRORS:
             d = d + squared_euclidean_distances(probe_feats[mp], gallery_feats[mg])
     return d / 4.0
+
+
+def score_matrix(kind, net, probes, gallery, scorer="naive", batch=SCORE_BATCH, progress=True):
+    """(scores (P, G) float64, higher_is_better) for kind 'pair' or 'feature'.
+
+    progress=True shows a tqdm bar (pairs or images); False shows none.
+    """
+    from tqdm import tqdm
+    if kind == "pair":
+        try:
+            fn = PAIR_SCORERS[scorer]
+        except KeyError:
+            raise MtdnetError(f"unknown scorer '{scorer}'; valid: {', '.join(PAIR_SCORERS)}") from None
+        with tqdm(total=len(probes) * len(gallery), unit="pair", disable=not progress,
+                  desc=f"scoring pairs ({PAIR_PASSES} passes each)", dynamic_ncols=True) as bar:
+            return fn(net, probes, gallery, batch=batch, progress=bar), True
+    if kind == "feature":
+        with tqdm(total=2 * (len(probes) + len(gallery)), unit="img", disable=not progress,
+                  desc="features (original + mirrored)", dynamic_ncols=True) as bar:
+            pf = features(net, probes, batch, bar)
+            gf = features(net, gallery, batch, bar)
+        return feature_distances(pf, gf), False
+    raise MtdnetError(f"unknown score kind '{kind}'; valid: pair, feature")

@@ -1,0 +1,130 @@
+"""`make report`: the Table 1 Markdown, the CMC picture and the ranked galleries per dataset."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtdnet import REPO_ROOT, MtdnetError
+from mtdnet import evaluation, plots
+from mtdnet import report as R
+
+
+def result(dataset, variant, protocol="paper", ranks=(1, 1, 2, 3), gallery=4, **extra):
+    """A cmc.json body from a real Evaluation of made-up ranks."""
+    ev = evaluation.Evaluation(ranks=np.array(ranks), ap=1.0 / np.array(ranks, float),
+                               kept=np.arange(len(ranks)), excluded=np.zeros(0, int), gallery_size=gallery)
+    r = evaluation.protocol_result([ev], protocol, higher_is_better=True)
+    r.update(dataset=dataset, variant=variant, profile="cpu", split="paper", init="scratch (fillers)",
+             iterations=5000, seed=1701, model=f"runs/{dataset}-{variant}-cpu/snapshots/m.caffemodel")
+    r.update(extra)
+    return r
+
+
+def write_run(runs, name, r, picture_color=None):
+    d = os.path.join(runs, name)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"cmc-{r['protocol']}.json"), "w") as f:
+        json.dump(r, f)
+    if picture_color is not None:
+        img = np.full((40, 16, 3), picture_color, np.uint8)
+        rows = [{"probe": img, "gallery": [img] * 3, "is_match": [False, True, False]}]
+        plots.plot_ranked_gallery(rows, os.path.join(d, f"ranked-{r['protocol']}.png"), title=name)
+    return d
+
+
+def with_path(r, run):
+    return dict(r, run=run, path=f"/x/{run}/cmc-{r['protocol']}.json")
+
+
+def test_table_layout_paper_rows_and_ours():
+    ours = [with_path(result("viper", "mtdnet"), "viper-mtdnet-cpu"),
+            with_path(result("viper", "mtdnet", "random", ranks=(2, 2, 2, 2), trials=10, rank1_std=1.5),
+                      "viper-mtdnet-cpu"),
+            with_path(result("synthetic", "trp"), "synthetic-trp-cpu")]
+    md = R.table1_markdown(ours)
+    lines = md.splitlines()
+    head = lines[0]
+    assert head.startswith("| Method | Type | Source | CUHK03 r=1 | r=5 | r=10 | CUHK01 r=1")
+    assert head.index("VIPeR") < head.index("iLIDS") < head.index("PRID2011") < head.index("synthetic")
+    n_cols = head.count("|")
+    assert all(l.count("|") == n_cols for l in lines[:lines.index("")])
+    rows = [l for l in lines if l.startswith("| MTDnet |")]
+    assert rows[0].split(" | ")[2] == "paper" and "74.68 | 95.99 | 97.47" in rows[0]
+    # Ours follow the paper row, one per protocol; VIPeR is the 3rd dataset (columns 9..11).
+    assert len(rows) == 3
+    assert "ours: paper protocol, paper split, cpu profile" in rows[1]
+    assert "ours: random protocol, paper split, cpu profile" in rows[2]
+    cells = [c.strip() for c in rows[1].strip("|").split("|")]
+    # Notes are numbered in table order: trp's row (before MTDnet's in Table 1) has [1].
+    assert cells[9:12] == ["50.00 [2]", "100.00", "100.00"]          # ranks (1, 1, 2, 3), gallery 4
+    assert cells[3:9] == ["–"] * 6
+    cells = [c.strip() for c in rows[2].strip("|").split("|")]
+    assert cells[9:12] == ["0.00 [3]", "100.00", "100.00"]
+    trp = [l for l in lines if l.startswith("| MTDnet-trp |")]
+    assert "34.81 | 60.13 | 72.78" in trp[0] and trp[1].rstrip(" |").endswith("100.00")
+    aug = [l for l in lines if l.startswith("| MTDnet-aug |")][0]
+    assert aug.split(" | ")[3:6] == ["–", "–", "–"]                # no CUHK03 entry in the paper
+    # Every number of ours is explained: protocol, split, profile, initialisation, iterations.
+    n1 = next(l for l in lines if l.startswith("[2]"))
+    for bit in ("VIPeR", "protocol paper", "paper split", "profile cpu", "init scratch (fillers)",
+                "5000 iterations", "seed 1701", "mAP"):
+        assert bit in n1, bit
+    n2 = next(l for l in lines if l.startswith("[3]"))
+    assert "protocol random, 10 trials" in n2 and "rank-1 std 1.50" in n2
+
+
+def test_split_means_get_their_own_row():
+    mean = with_path(result("viper", "mtdnet", splits=3, split="random-mean", iterations=[10, 20, 30]),
+                     "viper-mtdnet-cpu-random-mean")
+    md = R.table1_markdown([mean])
+    assert "ours: paper protocol, mean of 3 random splits, cpu profile" in md
+    assert "10/20/30 iterations" in md
+
+
+def test_build_report_writes_table_curves_and_best_ranked_gallery(tmp_path):
+    runs = str(tmp_path)
+    write_run(runs, "viper-mtdnet-cpu", result("viper", "mtdnet", ranks=(2, 2, 2, 2)), (200, 0, 0))
+    best = write_run(runs, "viper-cls-cpu", result("viper", "cls", ranks=(1, 1, 1, 2)), (0, 0, 200))
+    write_run(runs, "synthetic-rnk-tiny", result("synthetic", "rnk", "random", trials=3), (0, 200, 0))
+    md, written = R.build_report(runs)
+    names = sorted(os.path.basename(p) for p in written)
+    assert names == ["report.md", "report_cmc.png", "report_ranked_synthetic.png", "report_ranked_viper.png"]
+    with open(os.path.join(runs, "report.md")) as f:
+        assert f.read() == md
+    assert md.count("[3]") == 2 and "[4]" not in md              # three numbers, each noted once
+    with Image.open(os.path.join(runs, "report_cmc.png")) as im:
+        assert im.size == plots.CMC_SIZE
+    with open(os.path.join(runs, "report_ranked_viper.png"), "rb") as a, \
+            open(os.path.join(best, "ranked-paper.png"), "rb") as b:
+        assert a.read() == b.read()                               # the higher rank-1 (cls) is shown
+    assert "report_ranked_viper.png` (from `viper-cls-cpu`" in md
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(MtdnetError, match="no cmc-<protocol>.json results; run `make eval` first"):
+        R.build_report(str(tmp_path))
+    d = tmp_path / "x-mtdnet-cpu"
+    d.mkdir()
+    (d / "cmc-paper.json").write_text("{not json")
+    with pytest.raises(MtdnetError, match=r"x-mtdnet-cpu/cmc-paper.json: cannot read the result"):
+        R.build_report(str(tmp_path))
+    (d / "cmc-paper.json").write_text(json.dumps({"protocol": "paper"}))
+    with pytest.raises(MtdnetError, match=r"not a `make eval` result \(lacks dataset"):
+        R.build_report(str(tmp_path))
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_cli(tmp_path):
+    write_run(str(tmp_path), "viper-mtdnet-cpu", result("viper", "mtdnet"), (10, 20, 30))
+    p = subprocess.run([sys.executable, "tools/report.py", "--runs-dir", str(tmp_path)], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("# MTDnet reproduction: Table 1") and "50.00 [1]" in p.stdout
+    assert (tmp_path / "report.md").read_text() == p.stdout[:-1]
+    p = subprocess.run(["make", "-s", "report", f"REPORT_ARGS=--runs-dir {tmp_path / 'empty'}"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "error: " in p.stderr and "run `make eval` first" in p.stderr

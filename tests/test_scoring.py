@@ -1,0 +1,220 @@
+"""Pair and feature scoring through pycaffe with the generated tiny deploy nets.
+
+The models are real train-net snapshots (the tiny MTDnet / MTDnet-rnk train
+nets instantiated on prepared synthetic data and saved with net.save), their
+weights redrawn at a scale where scores differ from pair to pair, so a
+mixed-up pair, pass or mirror shows. The helpers here (prepare_synthetic,
+make_model, deploy_file) are shared with test_eval.py.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from mtdnet import MtdnetError
+from mtdnet import scoring
+from mtdnet.profiles import get_profile
+
+PROFILE = "tiny"
+
+
+# ---- shared helpers ---------------------------------------------------------------
+
+def prepare_synthetic(root, split="paper", num_splits=1):
+    """data_prep's real builder on a 16-person synthetic set: root/raw, root/data/<...>."""
+    import data_prep
+    data_prep.prepare("synthetic", root=os.path.join(root, "raw"), profile=PROFILE, split=split,
+                      out_dir=os.path.join(root, "data"), num_splits=num_splits, progress=False,
+                      log=lambda *a: None, synthetic_params=dict(num_ids=16, num_test=6))
+    return os.path.join(root, "data")
+
+
+def randomize(net, seed):
+    """Redraw every weight at unit-variance scale (the fillers give near-constant outputs)."""
+    rng = np.random.default_rng(seed)
+    for blobs in net.params.values():
+        for b in blobs:
+            fan_in = int(np.prod(b.data.shape[1:])) if b.data.ndim > 1 else 1
+            b.data[...] = rng.normal(0, 1 / np.sqrt(fan_in), b.data.shape) if b.data.ndim > 1 \
+                else rng.normal(0, 0.1, b.data.shape)
+
+
+def make_model(path, data_dir, variant="mtdnet", seed=0):
+    """A snapshot of the tiny `variant` train net (reading data_dir's synthetic data)."""
+    import caffe
+    from prototxt import generate
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    net_path = path + ".train.prototxt"
+    with open(net_path, "w") as f:
+        f.write(generate.train_net_text("synthetic", variant, PROFILE, data_root=data_dir))
+    net = caffe.Net(net_path, caffe.TEST)
+    randomize(net, seed)
+    net.save(path)
+    return path
+
+
+def deploy_file(tmp, kind, profile=PROFILE):
+    from prototxt import generate
+    path = os.path.join(tmp, f"{kind}-{profile}.prototxt")
+    with open(path, "w") as f:
+        f.write(generate.deploy_text(kind, profile))
+    return path
+
+
+def save_deploy_model(path, kind, profile, seed=0):
+    """A model shaped like `profile`'s deploy net `kind` (for mismatch tests)."""
+    import caffe
+    net = caffe.Net(deploy_file(os.path.dirname(path), kind, profile), caffe.TEST)
+    randomize(net, seed)
+    net.save(path)
+    return path
+
+
+# ---- fixtures -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("scoring"))
+    data = prepare_synthetic(root)
+    from data_prep.imagedb import ImageDB
+    db = ImageDB(os.path.join(data, "synthetic-tiny-paper", "images.lmdb"))
+    images = db.images(range(7))
+    db.close()
+    return dict(root=root, data=data, images=images,
+                mtdnet=make_model(os.path.join(root, "m", "mtdnet.caffemodel"), data, "mtdnet", 1),
+                rnk=make_model(os.path.join(root, "m", "rnk.caffemodel"), data, "rnk", 2))
+
+
+@pytest.fixture(scope="module")
+def pair_net(world):
+    return scoring.load_net(deploy_file(world["root"], "pair_score"), world["mtdnet"])
+
+
+def one_pass(net, a, b):
+    """P(same) of the single pair (a, b) in this input order, batch of one."""
+    for name, img in (("data_1", a), ("data_2", b)):
+        net.blobs[name].reshape(1, *img.shape)
+        net.blobs[name].data[0] = img.astype(np.float32)
+    net.reshape()
+    return float(net.forward()["prob"][0, 1])
+
+
+def by_hand(net, p, g):
+    vals = []
+    for pp in (p, p[..., ::-1]):
+        for gg in (g, g[..., ::-1]):
+            vals += [one_pass(net, pp, gg), one_pass(net, gg, pp)]
+    return np.mean(vals), vals
+
+
+# ---- pair scores -------------------------------------------------------------------
+
+def test_pair_scores_equal_the_eight_passes_by_hand(world, pair_net):
+    imgs = world["images"]
+    probes, gallery = imgs[:3], imgs[3:7]
+    # batch 5 does not divide 3 x 4 pairs: batches cross probe boundaries and end short.
+    s = scoring.pair_scores_naive(pair_net, probes, gallery, batch=5)
+    assert s.shape == (3, 4) and s.dtype == np.float64
+    for i, j in ((0, 0), (1, 3), (2, 1)):
+        mean, passes = by_hand(pair_net, probes[i], gallery[j])
+        assert s[i, j] == pytest.approx(mean, abs=1e-6)
+        # The passes disagree, so leaving out a mirror or an order would show.
+        assert max(passes) - min(passes) > 1e-3
+    assert s.std() > 1e-3
+    assert ((s > 0) & (s < 1)).all()
+
+
+def test_pair_score_is_symmetric_and_batch_independent(world, pair_net):
+    imgs = world["images"]
+    a, b = imgs[:3], imgs[3:7]
+    s_ab = scoring.pair_scores_naive(pair_net, a, b, batch=64)
+    s_ba = scoring.pair_scores_naive(pair_net, b, a, batch=1)
+    np.testing.assert_allclose(s_ab, s_ba.T, atol=1e-6)
+
+
+def test_score_matrix_pair_reports_similarity_and_progress(world, pair_net):
+    imgs = world["images"]
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+    bar = Bar()
+    s = scoring.pair_scores_naive(pair_net, imgs[:2], imgs[2:5], batch=4, progress=bar)
+    assert bar.n == 6
+    s2, higher = scoring.score_matrix("pair", pair_net, imgs[:2], imgs[2:5], progress=False)
+    assert higher is True
+    np.testing.assert_allclose(s, s2, atol=1e-6)
+    with pytest.raises(MtdnetError, match="unknown scorer 'fast'"):
+        scoring.score_matrix("pair", pair_net, imgs[:2], imgs[2:5], scorer="fast", progress=False)
+
+
+# ---- features ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,variant", [("feature", "mtdnet"), ("rnk_feature", "rnk")])
+def test_feature_distances_by_hand(world, kind, variant):
+    net = scoring.load_net(deploy_file(world["root"], kind), world[variant])
+    imgs = world["images"]
+    probes, gallery = imgs[:3], imgs[3:7]
+    d, higher = scoring.score_matrix("feature", net, probes, gallery, progress=False)
+    assert higher is False and d.shape == (3, 4)
+
+    def feat(img):
+        net.blobs["data"].reshape(1, *img.shape)
+        net.blobs["data"].data[0] = img.astype(np.float32)
+        net.reshape()
+        return net.forward()["feature"][0].astype(np.float64).ravel()
+    for i in range(3):
+        for j in range(4):
+            fp = [feat(probes[i]), feat(probes[i][..., ::-1])]
+            fg = [feat(gallery[j]), feat(gallery[j][..., ::-1])]
+            for f in fp + fg:
+                assert np.linalg.norm(f) == pytest.approx(1.0, abs=1e-4)   # L2-normalised
+            want = np.mean([np.sum((x - y) ** 2) for x in fp for y in fg])
+            assert d[i, j] == pytest.approx(want, abs=1e-5)
+    assert (d >= 0).all() and (d <= 4 + 1e-6).all() and d.std() > 1e-3
+    # The mirror matters for these weights: the plain distance differs from the average.
+    plain = np.sum((feat(probes[0]) - feat(gallery[0])) ** 2)
+    assert abs(plain - d[0, 0]) > 1e-4
+
+
+# ---- errors --------------------------------------------------------------------------
+
+def test_missing_files_are_clear_errors(world, tmp_path):
+    deploy = deploy_file(world["root"], "pair_score")
+    with pytest.raises(MtdnetError, match=r"nope\.caffemodel: model not found"):
+        scoring.load_net(deploy, str(tmp_path / "nope.caffemodel"))
+    with pytest.raises(MtdnetError, match="deploy net not found"):
+        scoring.load_net(str(tmp_path / "none.prototxt"), world["mtdnet"])
+
+
+def test_model_of_another_profile_does_not_fit(world):
+    cpu_model = save_deploy_model(os.path.join(world["root"], "cpu_pair.caffemodel"), "pair_score", "cpu")
+    cpu, tiny = get_profile("cpu").conv1, get_profile(PROFILE).conv1
+    assert cpu != tiny
+    with pytest.raises(MtdnetError, match=rf"layer 'conv1' blob 0 has shape \({cpu}, 3, 11, 11\)"
+                                          rf".*\({tiny}, 3, 11, 11\).*does not fit"):
+        scoring.load_net(deploy_file(world["root"], "pair_score"), cpu_model)
+
+
+def test_model_of_another_variant_does_not_fit(world):
+    with pytest.raises(MtdnetError, match=r"no weights for layer\(s\) conv3_pair.*wrong variant"):
+        scoring.load_net(deploy_file(world["root"], "pair_score"), world["rnk"])
+    with pytest.raises(MtdnetError, match=r"no weights for layer\(s\) conv3_rnk"):
+        scoring.load_net(deploy_file(world["root"], "rnk_feature"), world["mtdnet"])
+
+
+def test_garbage_model_file(world, tmp_path):
+    bad = tmp_path / "bad.caffemodel"
+    bad.write_bytes(b"\xff\xfe not a protobuf \x00" * 10)
+    with pytest.raises(MtdnetError, match="bad.caffemodel"):
+        scoring.load_net(deploy_file(world["root"], "pair_score"), str(bad))
+
+
+def test_images_of_the_wrong_size(pair_net):
+    size = get_profile(PROFILE).input_size
+    wrong = np.zeros((2, 3, size - 2, size - 2), np.uint8)
+    with pytest.raises(MtdnetError, match=rf"probes: images of shape \(3, {size - 2}, {size - 2}\)"
+                                          rf".*\(3, {size}, {size}\)"):
+        scoring.pair_scores_naive(pair_net, wrong, wrong)
