@@ -151,7 +151,7 @@ def _npz_bytes(**arrays):
 
 
 def evaluate(dataset, variant, profile, split="paper", protocol="paper", trials=DEFAULT_TRIALS,
-             model=None, data_dir=None, runs_dir=None, scorer="naive", seed=None, progress=True,
+             model=None, data_dir=None, runs_dir=None, scorer="fast", seed=None, progress=True,
              log=print):
     """Score, evaluate and write one evaluation; returns the cmc.json dict."""
     from data_prep import load_prepared
@@ -273,7 +273,7 @@ def random_splits_present(dataset, variant, profile, runs_dir):
 
 
 def evaluate_splits(dataset, variant, profile, splits, protocol="paper", trials=DEFAULT_TRIALS,
-                    data_dir=None, runs_dir=None, scorer="naive", seed=None, combine_only=False,
+                    data_dir=None, runs_dir=None, scorer="fast", seed=None, combine_only=False,
                     progress=True, log=print):
     """Evaluate each split (each with its own run's model) and write their mean to
     runs/<dataset>-<variant>-<profile>-random-mean/cmc-<protocol>.json (+ cmc.json, PNG)."""

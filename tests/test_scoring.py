@@ -132,6 +132,18 @@ def test_pair_score_is_symmetric_and_batch_independent(world, pair_net):
     np.testing.assert_allclose(s_ab, s_ba.T, atol=1e-6)
 
 
+def test_fast_scorer_gives_the_naive_scores(world, pair_net):
+    """conv3 split into its two halves, computed once per image: the same scores to 1e-5."""
+    imgs = world["images"]
+    probes, gallery = imgs[:3], imgs[2:7]   # image 2 on both sides
+    naive = scoring.pair_scores_naive(pair_net, probes, gallery, batch=4)
+    fast = scoring.pair_scores_fast(pair_net, probes, gallery, batch=4)
+    assert naive.std() > 1e-3  # the scores differ, so a wrong pairing would show
+    np.testing.assert_allclose(fast, naive, atol=1e-5, rtol=0)
+    # Batch size changes only the speed.
+    np.testing.assert_allclose(scoring.pair_scores_fast(pair_net, probes, gallery, batch=64), fast, atol=1e-6)
+
+
 def test_score_matrix_pair_reports_similarity_and_progress(world, pair_net):
     imgs = world["images"]
 

@@ -39,7 +39,7 @@ def main(argv=None):
     ap.add_argument("--trials", type=int, default=E.DEFAULT_TRIALS, help="random protocol: gallery draws")
     ap.add_argument("--seed", type=int, help="random protocol: seed of the draws (default: the profile's)")
     ap.add_argument("--model", help="a .caffemodel (default: the run's newest snapshot)")
-    ap.add_argument("--scorer", default="naive", help=f"pair scorer: {', '.join(PAIR_SCORERS)}")
+    ap.add_argument("--scorer", default="fast", help=f"pair scorer: {', '.join(PAIR_SCORERS)}")
     ap.add_argument("--data-dir", help="where `make data` put the prepared splits (default: data/)")
     ap.add_argument("--runs-dir", help="the runs folder (default: runs/)")
     ap.add_argument("--no-progress", action="store_true")
