@@ -3,8 +3,9 @@
 Training data is stored once per image (not per triplet): the triplets are an
 (T, 3) index array beside the LMDB and the Python data layer assembles
 batches. So the disk footprint grows with the number of images. Each Datum is
-3 x H x W uint8 BGR (raw 0..255, CHW), label = the person's training index,
-readable by Caffe's own Data layer too.
+3 x H x W uint8 BGR (raw 0..255, CHW), label = the person's index among all
+identities of the prepared dataset (images.json "label"; the same for every
+split, so splits can share one LMDB), readable by Caffe's own Data layer too.
 """
 import os
 

@@ -1,0 +1,232 @@
+"""`make data`: read a dataset, split it, resize every image into one LMDB, make triplets.
+
+Output (the prepared-data contract), one directory per dataset/profile/split,
+data/<dataset>-<profile>-<split>/ (CUHK03's detected images: <dataset> =
+cuhk03detected):
+  images.lmdb/        one Caffe Datum per image (3 x S x S uint8 BGR), key %08d
+  train_triplets.npy  int32 (T, 3) image indices (anchor, positive, negative)
+  images.json         one record per LMDB index
+  split.json          identities per role, the rule and seed, the evaluation's image lists
+  manifest.json       inputs (files, sizes, mtimes), profile, seed, counts, bytes, speed
+Each directory is built under a temporary name and renamed at the end. A
+directory whose manifest has the same key (inputs, profile, split, seed, code
+version) is left alone. The splits of one dataset and profile hold the same
+images in the same order, so they share one LMDB file (a hard link).
+"""
+import glob
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from mtdnet import MtdnetError, REPO_ROOT
+from mtdnet.fsutil import atomic_dir, atomic_write_json, read_json
+from mtdnet.profiles import check_dataset, get_profile
+from data_prep import imagedb, protocol, synthetic
+from data_prep.datasets import default_root, read_dataset
+from data_prep.records import SPLITS_DIR, load_image, remove_stale_partials, resize_chw
+from data_prep.triplets import make_triplets
+
+DATA_VERSION = 1   # bump when the output of the same inputs changes: forces rebuilds
+MIRRORING = ("not stored: the training data layer mirrors each image horizontally at random "
+             "(p = 0.5, independently per image of a triplet), the paper's fourfold enlargement")
+FILES = ("images.lmdb/data.mdb", "train_triplets.npy", "images.json", "split.json", "manifest.json")
+
+
+def default_out_dir():
+    return os.path.join(REPO_ROOT, "data")
+
+
+def dataset_tag(dataset, options):
+    return dataset + ("detected" if options.get("images") == "detected" else "")
+
+
+def prepared_dir(dataset, profile, split, out_dir=None, options=None):
+    """Where `make data` puts dataset/profile/split (split: paper, random<k>, testsets<k>)."""
+    return os.path.join(out_dir or default_out_dir(),
+                        f"{dataset_tag(dataset, options or {})}-{profile}-{split}")
+
+
+def _sha(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def fingerprint(paths, root):
+    """The inputs as (relative path, size, mtime_ns): any change means a rebuild."""
+    base = root if os.path.isdir(root) else os.path.dirname(root)
+    entries = []
+    for p in sorted(paths):
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise MtdnetError(f"{p}: cannot stat the input ({e.strerror})")
+        entries.append([os.path.relpath(p, base), st.st_size, st.st_mtime_ns])
+    return {"root": os.path.abspath(root), "files": len(entries),
+            "bytes": sum(e[1] for e in entries), "sha256": _sha(entries), "list": entries}
+
+
+def _up_to_date(out, key):
+    if not all(os.path.exists(os.path.join(out, f)) for f in FILES):
+        return None
+    try:
+        m = read_json(os.path.join(out, "manifest.json"))
+    except MtdnetError:
+        return None
+    return m if m.get("key") == key else None
+
+
+def _shared_lmdb(out, lmdb_key):
+    """An LMDB with exactly these images built for a sibling split (same dataset and profile)."""
+    prefix = os.path.basename(out).rsplit("-", 1)[0] + "-"
+    for m in sorted(glob.glob(os.path.join(os.path.dirname(out), prefix + "*", "manifest.json"))):
+        if os.path.dirname(m) == out:
+            continue
+        try:
+            if read_json(m).get("lmdb_key") == lmdb_key:
+                data = os.path.join(os.path.dirname(m), "images.lmdb", "data.mdb")
+                if os.path.isfile(data):
+                    return data
+        except MtdnetError:
+            continue
+    return None
+
+
+def _owner(data_mdb):
+    """The split directory an LMDB file was first written for: .../<dir>/images.lmdb/data.mdb."""
+    return os.path.basename(os.path.dirname(os.path.dirname(data_mdb)))
+
+
+def _write_lmdb(lmdb_dir, recs, images, size, desc, progress, map_size):
+    def items():
+        for rec, im in zip(tqdm(recs, desc=desc, unit="img", disable=not progress,
+                                dynamic_ncols=True, file=sys.stderr), images):
+            yield resize_chw(load_image(rec), size), im["label"]
+    imagedb._caffe_pb2()   # pycaffe's import is not image preparation: keep it out of the timing
+    t0 = time.perf_counter()
+    n, nbytes = imagedb.write_image_lmdb(lmdb_dir, items(), map_size=map_size, count=len(images))
+    return n, nbytes, time.perf_counter() - t0
+
+
+def build_split(ds, name, out, prof, seed, fp, key, num_test=None, num_val=None,
+                progress=True, log=print, map_size=None, argv=None, share=True):
+    t0 = time.perf_counter()
+    facts = ds.facts
+    split = protocol.make_split(ds, name, seed, num_test, num_val)
+    recs, images = protocol.select_images(ds, split)
+    split["eval"] = protocol.eval_sets(split, images)
+    triplets, n_pairs = make_triplets(images, split["train"], prof.triplets_per_pair, seed,
+                                      facts.cameras_known)
+    lmdb_key = _sha([DATA_VERSION, fp["sha256"], prof.input_size,
+                     [(im["path"], im["label"]) for im in images]])
+    remove_stale_partials(out)
+    tag = os.path.basename(out)
+    try:
+        with atomic_dir(out) as tmp:
+            lmdb_dir = os.path.join(tmp, "images.lmdb")
+            shared, rate, lmdb_written = share and _shared_lmdb(out, lmdb_key), None, 0
+            if shared:
+                try:
+                    os.makedirs(lmdb_dir)
+                    os.link(shared, os.path.join(lmdb_dir, "data.mdb"))
+                    n, lmdb_bytes = len(images), imagedb.dir_bytes(lmdb_dir)
+                except OSError:   # no hard links here (another file system): write it
+                    shutil.rmtree(lmdb_dir, ignore_errors=True)
+                    shared = None
+            if not shared:
+                n, lmdb_bytes, secs = _write_lmdb(lmdb_dir, recs, images, prof.input_size,
+                                                  tag, progress, map_size)
+                rate, lmdb_written = n / max(secs, 1e-9), lmdb_bytes
+            np.save(os.path.join(tmp, "train_triplets.npy"), triplets)
+            atomic_write_json(os.path.join(tmp, "images.json"), images)
+            atomic_write_json(os.path.join(tmp, "split.json"), split)
+            count = lambda role: sum(im["role"] == role for im in images)
+            other = sum(os.path.getsize(os.path.join(tmp, f))
+                        for f in ("train_triplets.npy", "images.json", "split.json"))
+            manifest = {
+                "dataset": facts.key, "dataset_name": facts.name, "options": facts.options,
+                "split": name, "seed": seed, "profile": prof.to_dict(), "input_size": prof.input_size,
+                "data_version": DATA_VERSION, "key": key, "lmdb_key": lmdb_key,
+                "inputs": fp, "protocol": facts.protocol, "rule": split["rule"],
+                "counts": {
+                    "identities": dict(split["sizes"], total=len({im["person_id"] for im in images})),
+                    "images": {"train": count("train"), "val": count("val"), "test": count("test"),
+                               "total": len(images)},
+                    "pairs": n_pairs, "triplets": int(len(triplets)),
+                    "triplets_per_pair": prof.triplets_per_pair,
+                },
+                "bytes": {"images_lmdb": lmdb_bytes, "per_image": round(lmdb_bytes / max(n, 1), 1),
+                          "other_files": other, "written": lmdb_written + other},
+                "lmdb_shared_with": _owner(shared) if shared else None,
+                "images_per_second": None if rate is None else round(rate, 1),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "mirroring": MIRRORING,
+                "image_format": "3 x S x S uint8 BGR (cv2), square resize with INTER_LINEAR, "
+                                "Datum label = images.json label",
+                "warnings": split["warnings"], "command": argv,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            atomic_write_json(os.path.join(tmp, "manifest.json"), manifest)
+    except OSError as e:
+        raise MtdnetError(f"{e.filename or out}: {e.strerror or e} while building {out} "
+                          f"(nothing was left under that name; fix it and re-run)")
+    for w in split["warnings"]:
+        log(f"warning: {tag}: {w}")
+    log(summary_line(out, manifest))
+    return manifest
+
+
+def summary_line(out, m):
+    c, b = m["counts"], m["bytes"]
+    ids = c["identities"]
+    dis = f" + {ids['distractors']} distractors" if ids["distractors"] else ""
+    speed = f"{m['images_per_second']:.0f} images/s" if m["images_per_second"] else \
+        f"LMDB shared with {m['lmdb_shared_with']}"
+    return (f"{os.path.basename(out)}: {ids['total']} identities ({ids['train']} train / {ids['val']} val / "
+            f"{ids['test']} test{dis}), {c['images']['total']} images, {c['pairs']} pairs, "
+            f"{c['triplets']} triplets, {b['written'] / 1e6:.1f} MB written "
+            f"(LMDB {b['per_image'] / 1e3:.1f} kB/image), {speed} -> {out}")
+
+
+def prepare(dataset="synthetic", root=None, profile="cpu", split="paper", out_dir=None,
+            num_splits=10, seed=None, num_test=None, num_val=None, options=None, force=False,
+            progress=True, log=print, map_size=None, synthetic_params=None, argv=None):
+    """Build the split directories `split` stands for. Returns their manifests."""
+    check_dataset(dataset)
+    prof = get_profile(profile)
+    seed = prof.seed if seed is None else int(seed)
+    options = dict(options or {})
+    out_dir = os.path.abspath(out_dir or default_out_dir())
+    if dataset == "synthetic":
+        root = root or default_root("synthetic")
+        synthetic.ensure(root, progress=progress, log=log, **(synthetic_params or {}))
+    ds = read_dataset(dataset, root, **options)
+    names = protocol.split_names(ds.facts, split, num_splits)
+    fp = fingerprint(ds.facts.inputs, ds.facts.root)
+    recorded = os.path.join(SPLITS_DIR, ds.facts.paper_source)
+    if os.path.isfile(recorded):   # an edited recorded split is a changed input too
+        with open(recorded, "rb") as f:
+            fp["recorded_split"] = [os.path.relpath(recorded, REPO_ROOT),
+                                    hashlib.sha256(f.read()).hexdigest()]
+    results = []
+    for name in names:
+        out = prepared_dir(dataset, profile, name, out_dir, options)
+        key = _sha({"version": DATA_VERSION, "dataset": dataset, "options": options, "split": name,
+                    "seed": seed, "num_test": num_test, "num_val": num_val,
+                    "input_size": prof.input_size, "triplets_per_pair": prof.triplets_per_pair,
+                    "inputs": fp["sha256"], "root": fp["root"], "recorded": fp.get("recorded_split")})
+        have = None if force else _up_to_date(out, key)
+        if have:
+            log(f"{os.path.basename(out)}: up to date (same inputs, profile, split and seed): "
+                f"nothing to do -> {out}")
+            results.append(dict(have, status="up to date"))
+            continue
+        # --force rebuilds the LMDB too (no hard link to a sibling's, which may be the suspect)
+        m = build_split(ds, name, out, prof, seed, fp, key, num_test, num_val, progress, log,
+                        map_size, argv, share=not force)
+        results.append(dict(m, status="built"))
+    return results

@@ -1,0 +1,50 @@
+"""CUHK01: campus/PPPPIII.png, 971 persons x 4 images.
+
+PPPP is the person id (1-based); III 001-002 are camera A (probes), 003-004
+camera B (gallery).
+"""
+import os
+import re
+
+from mtdnet import MtdnetError
+from data_prep.records import (Dataset, Facts, Record, check_both_cameras, default_root,
+                               files_with_ext, paper_split, require_dir)
+
+KEY = "cuhk01"
+NAME = "CUHK01"
+DIRNAME = "CUHK01"
+PATTERN = re.compile(r"^(\d{4})(\d{3})\.png$", re.IGNORECASE)
+LAYOUT = "campus/ holding PPPPIII.png images (PPPP = person, III = 001..004)"
+
+
+def image_dir(root):
+    require_dir(root, f"{NAME} root")
+    for d in (os.path.join(root, "campus"), root):
+        if os.path.isdir(d) and any(PATTERN.match(f) for f in os.listdir(d)):
+            return d
+    raise MtdnetError(f"{root}: not a {NAME} directory; expected {LAYOUT}")
+
+
+def read(root=None):
+    root = root or default_root(DIRNAME)
+    d = image_dir(root)
+    records, inputs = [], []
+    for f in files_with_ext(d, (".png",)):
+        path = os.path.join(d, f)
+        m = PATTERN.match(f)
+        if not m:
+            raise MtdnetError(f"{path}: name does not match PPPPIII.png ({NAME} layout)")
+        pid, num = int(m.group(1)), int(m.group(2))
+        if not 1 <= num <= 4:
+            raise MtdnetError(f"{path}: image number {num:03d} outside 001..004 ({NAME} layout)")
+        records.append(Record(path, pid, 0 if num <= 2 else 1, os.path.relpath(path, root)))
+        inputs.append(path)
+    check_both_cameras(records, NAME)
+    paper = paper_split("cuhk01_test.json")
+    facts = Facts(
+        key=KEY, name=NAME, root=root, n_train=871, n_val=0, n_test=100,
+        protocol="CUHK01: 871 train / 100 test identities; probes camera A (001-002), "
+                 "gallery the first camera-B image (003)",
+        paper_test_ids=[int(p) for p in paper["person_ids"]], paper_source="cuhk01_test.json",
+        cameras=("camera A (001-002)", "camera B (003-004)"), inputs=inputs)
+    return Dataset(records, facts)

@@ -1,0 +1,32 @@
+"""Reading a prepared-data directory (what `make data` wrote) for training and evaluation."""
+import os
+from typing import NamedTuple
+
+from mtdnet import MtdnetError
+from mtdnet.fsutil import read_json
+
+
+class Prepared(NamedTuple):
+    dir: str
+    images: list       # images.json: {"index", "path", "person_id", "camera_id", "role", "label"}
+    split: dict        # split.json: train/val/test ids, rule, seed, eval (probe/gallery indices)
+    manifest: dict
+    lmdb: str          # images.lmdb directory
+    triplets: str      # train_triplets.npy
+
+
+def load_prepared(d):
+    if not os.path.isdir(d):
+        raise MtdnetError(f"{d}: no prepared data here; run `make data` (DATASET, PROFILE, SPLIT)")
+    lmdb = os.path.join(d, "images.lmdb")
+    triplets = os.path.join(d, "train_triplets.npy")
+    for p in (os.path.join(lmdb, "data.mdb"), triplets):
+        if not os.path.isfile(p):
+            raise MtdnetError(f"{p}: missing; the prepared data is incomplete, re-run `make data`")
+    images = read_json(os.path.join(d, "images.json"), "images.json")
+    split = read_json(os.path.join(d, "split.json"), "split.json")
+    manifest = read_json(os.path.join(d, "manifest.json"), "manifest.json")
+    if len(images) != manifest.get("counts", {}).get("images", {}).get("total"):
+        raise MtdnetError(f"{d}: images.json and manifest.json disagree on the number of images; "
+                          f"re-run `make data`")
+    return Prepared(d, images, split, manifest, lmdb, triplets)
