@@ -9,6 +9,17 @@ import tempfile
 from mtdnet import MtdnetError
 
 
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+# mkstemp/mkdtemp create owner-only files; the final output gets the usual modes.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
 def atomic_write_bytes(path, data):
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -16,6 +27,7 @@ def atomic_write_bytes(path, data):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -42,6 +54,7 @@ def atomic_dir(path):
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".partial-", dir=parent)
+    os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
     except BaseException:
