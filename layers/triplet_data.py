@@ -7,9 +7,13 @@ bytes per image, not per triplet. Tops: data_a, data_p, data_n, each
 
 param_str (JSON):
   source     path of images.lmdb (relative paths: to the working directory,
-             then to the repository root)
-  triplets   path of the .npy (T, 3) int array of image indices
+             then to the repository root), or a list of such paths
+  triplets   path of the .npy (T, 3) int array of image indices, or a list
+             (one per source, same length): the sources' triplets are mixed
+             into one list (MTDnet-aug: target data plus CUHK03)
   batch_size triplets per batch (N)
+  input_size optional: the image side the net was generated for; the LMDB's
+             images must have it (catches data prepared for another profile)
   mirror     random horizontal mirror of each image independently (default true)
   seed       RNG seed for the epoch shuffles and mirrors (default 1701)
   shuffle    reshuffle the triplet order every epoch (default true)
@@ -21,10 +25,17 @@ import numpy as np
 
 from layers.params import REQUIRED, parse_params, positive
 
+def _paths(v):
+    if isinstance(v, list) and (not v or not all(isinstance(x, str) for x in v)):
+        return "must be a path or a non-empty list of paths"
+    return None
+
+
 SCHEMA = {
-    "source": (str, REQUIRED, None),
-    "triplets": (str, REQUIRED, None),
+    "source": ((str, list), REQUIRED, _paths),
+    "triplets": ((str, list), REQUIRED, _paths),
     "batch_size": (int, REQUIRED, positive),
+    "input_size": (int, None, positive),
     "mirror": (bool, True, None),
     "seed": (int, 1701, None),
     "shuffle": (bool, True, None),
@@ -52,6 +63,48 @@ def load_triplets(path, n_images):
     if t.min() < 0 or t.max() >= n_images:
         raise ValueError(f"{path}: triplet indices must lie in [0, {n_images}), got [{t.min()}, {t.max()}]")
     return t.astype(np.int64)
+
+
+class MultiImageDB:
+    """Several image LMDBs seen as one: source k's image i has index offsets[k] + i."""
+
+    def __init__(self, dbs):
+        self.dbs = dbs
+        self.offsets = np.cumsum([0] + [len(db) for db in dbs])
+        self.shape = dbs[0].shape
+        for db in dbs[1:]:
+            if db.shape != self.shape:
+                raise ValueError(f"{db.path}: images are {db.shape}, but {dbs[0].path} has {self.shape}; "
+                                 "mixed sources must be prepared for the same profile")
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def images(self, indices):
+        indices = np.asarray(indices)
+        out = np.empty((len(indices),) + tuple(self.shape), np.uint8)
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        for k, db in enumerate(self.dbs):
+            sel = np.flatnonzero(which == k)
+            if len(sel):
+                out[sel] = db.images(indices[sel] - self.offsets[k])
+        return out
+
+
+def open_sources(sources, triplet_files):
+    """(db, triplets) for one source or a list of them (triplets offset into one index space)."""
+    from data_prep.imagedb import ImageDB
+    if isinstance(sources, str) != isinstance(triplet_files, str):
+        raise ValueError("'source' and 'triplets' must both be paths or both be lists")
+    if isinstance(sources, str):
+        db = ImageDB(resolve(sources))
+        return db, load_triplets(triplet_files, len(db))
+    if len(sources) != len(triplet_files):
+        raise ValueError(f"{len(sources)} sources but {len(triplet_files)} triplet files")
+    dbs = [ImageDB(resolve(s)) for s in sources]
+    multi = MultiImageDB(dbs)
+    trips = [load_triplets(t, len(db)) + off for t, db, off in zip(triplet_files, dbs, multi.offsets)]
+    return multi, np.concatenate(trips)
 
 
 class TripletBatcher:
@@ -97,12 +150,14 @@ class TripletBatcher:
 
 class TripletDataLayer(caffe.Layer):
     def setup(self, bottom, top):
-        from data_prep.imagedb import ImageDB
         p = parse_params(self.__class__.__name__, self.param_str, SCHEMA)
         if len(bottom) != 0 or len(top) != 3:
             raise ValueError("TripletDataLayer takes no bottoms and gives 3 tops (data_a, data_p, data_n)")
-        db = ImageDB(resolve(p["source"]))
-        trip = load_triplets(p["triplets"], len(db))
+        db, trip = open_sources(p["source"], p["triplets"])
+        size = p["input_size"]
+        if size is not None and tuple(db.shape[1:]) != (size, size):
+            raise ValueError(f"{p['source']}: images are {db.shape[1]}x{db.shape[2]}, the net expects "
+                             f"{size}x{size}: prepare the data for the net's profile")
         self.batcher = TripletBatcher(db, trip, p["batch_size"], p["mirror"], p["seed"], p["shuffle"])
         self.shape = (p["batch_size"],) + tuple(db.shape)
         self.reshape(bottom, top)

@@ -52,7 +52,7 @@ class LossIsNaN(MtdnetError):
 
 
 def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True,
-          progress=True, extra_args=()):
+          progress=True, extra_args=(), cwd=REPO_ROOT):
     """Run `caffe train`; return the final iteration reached.
 
     Resumes from the newest complete snapshot under `snapshot_prefix` when
@@ -81,7 +81,7 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
     with open(log_path, "a") as log:
         log.write(f"### mtdnet: {' '.join(args)}\n")
         log.flush()
-        proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, start_new_session=True)
         interrupted = False
         try:

@@ -33,8 +33,15 @@ SCORE_KINDS = {
 
 def _caffe():
     # Caffe's glog chatter on every net construction hides the progress bar.
+    # glog reads the variable when libcaffe loads; restore it right after, so
+    # `caffe` processes started later from this process still log normally.
+    before = os.environ.get("GLOG_minloglevel")
     os.environ.setdefault("GLOG_minloglevel", "2")
-    import caffe
+    try:
+        import caffe
+    finally:
+        if before is None:
+            os.environ.pop("GLOG_minloglevel", None)
     caffe.set_mode_cpu()
     return caffe
 

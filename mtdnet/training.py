@@ -51,8 +51,11 @@ def model_kind(path):
                       f"(no conv1/conv2; layers: {sorted(names)[:8]}...)")
 
 
-def prepare(dataset, variant, profile, split="paper", iters=None, gpu=False):
-    """Write the run's train net and solver; return the generator's file map plus run paths."""
+def prepare(dataset, variant, profile, split="paper", iters=None, gpu=False, root=REPO_ROOT):
+    """Write the run's train net and solver; return the generator's file map plus run paths.
+
+    `root` is the project directory holding data/ and runs/ (Caffe runs there).
+    """
     from caffe.proto import caffe_pb2
     from prototxt import generate
     files = generate.files_for(dataset, variant, profile, split)
@@ -60,15 +63,15 @@ def prepare(dataset, variant, profile, split="paper", iters=None, gpu=False):
         raise MtdnetError("MTDnet-trp has no training of its own: it ranks the MTDnet model's triplet "
                           "features. Train VARIANT=mtdnet, then `make eval VARIANT=trp`.")
     prof = get_profile(profile)
-    run = os.path.join(REPO_ROOT, files["run_dir"])
+    run = os.path.join(root, files["run_dir"])
     for d in files["data"]:
-        if not os.path.exists(os.path.join(REPO_ROOT, d, "images.lmdb", "data.mdb")):
+        if not os.path.exists(os.path.join(root, d, "images.lmdb", "data.mdb")):
             name = os.path.basename(d).split("-")[0]
             raise MtdnetError(f"{d}: prepared data not found; run `make data DATASET={name} "
                               f"PROFILE={profile} SPLIT={split.rstrip('0123456789') or split}` first")
     os.makedirs(os.path.join(run, "snapshots"), exist_ok=True)
     train_rel = f"{files['run_dir']}/train.prototxt"
-    atomic_write_text(os.path.join(REPO_ROOT, train_rel),
+    atomic_write_text(os.path.join(root, train_rel),
                       generate.train_net_text(dataset, variant, profile, split))
     s = caffe_pb2.SolverParameter()
     text_format.Merge(generate.solver_text(dataset, variant, profile, split, gpu), s)
@@ -78,15 +81,15 @@ def prepare(dataset, variant, profile, split="paper", iters=None, gpu=False):
     if s.max_iter < 1:
         raise MtdnetError(f"ITERS must be >= 1, got {iters}")
     solver_rel = f"{files['run_dir']}/solver.prototxt"
-    atomic_write_text(os.path.join(REPO_ROOT, solver_rel),
+    atomic_write_text(os.path.join(root, solver_rel),
                       f"# Run with: caffe train -solver {solver_rel}   (from the project root)\n"
                       + text_format.MessageToString(s))
-    files.update(run_abs=run, train_run=train_rel, solver_run=solver_rel, max_iter=s.max_iter,
+    files.update(root=root, run_abs=run, train_run=train_rel, solver_run=solver_rel, max_iter=s.max_iter,
                  seed=s.random_seed)
     return files
 
 
-def initial_weights(files, dataset, variant, profile, weights):
+def initial_weights(files, variant, weights):
     """(caffemodel to pass to -weights or None, description of the initialisation)."""
     from prototxt import weights as W
     if weights is None:
@@ -96,9 +99,9 @@ def initial_weights(files, dataset, variant, profile, weights):
         return None, "scratch (fillers)"
     kind = model_kind(weights)
     out = os.path.join(files["run_abs"], "init.caffemodel")
-    train = os.path.join(REPO_ROOT, files["train_run"])
+    train = os.path.join(files["root"], files["train_run"])
     if kind == "imagenet":
-        W.copy_imagenet_weights(weights, train, out)
+        W.init_from_imagenet(weights, train, out)
         return out, f"ImageNet conv1/conv2 from {weights}"
     if variant == "cross":
         W.init_cross_from_mtdnet(weights, train, out)
@@ -106,19 +109,20 @@ def initial_weights(files, dataset, variant, profile, weights):
     return weights, f"fine-tuned from {weights}"
 
 
-def train(dataset, variant, profile, split="paper", iters=None, weights=None, gpu=False, progress=True):
-    files = prepare(dataset, variant, profile, split, iters, gpu)
+def train(dataset, variant, profile, split="paper", iters=None, weights=None, gpu=False, progress=True,
+          root=REPO_ROOT):
+    files = prepare(dataset, variant, profile, split, iters, gpu, root)
     run = files["run_abs"]
-    prefix = os.path.join(REPO_ROOT, files["snapshot_prefix"])
+    prefix = os.path.join(root, files["snapshot_prefix"])
     state = caffe_run.latest_snapshot(prefix)
     info_path = os.path.join(run, "run.json")
     info = json.load(open(info_path)) if os.path.exists(info_path) else {}
     if state:
         init = info.get("init", "unknown")
-        print(f"resuming from {os.path.relpath(state, REPO_ROOT)} (initialisation: {init})")
+        print(f"resuming from {os.path.relpath(state, root)} (initialisation: {init})")
         init_model = None
     else:
-        init_model, init = initial_weights(files, dataset, variant, profile, weights)
+        init_model, init = initial_weights(files, variant, weights)
         print(f"initialisation: {init}")
     print(f"run: {files['run_dir']}  (same as: caffe train -solver {files['solver_run']})")
     info.update(dataset=dataset, variant=variant, profile=profile, split=split, seed=files["seed"],
@@ -128,12 +132,12 @@ def train(dataset, variant, profile, split="paper", iters=None, weights=None, gp
     t0 = time.time()
     log = os.path.join(run, "train.log")
     try:
-        it = caffe_run.train(os.path.join(REPO_ROOT, files["solver_run"]), log, files["max_iter"], prefix,
-                             weights=init_model, progress=progress)
+        it = caffe_run.train(os.path.join(root, files["solver_run"]), log, files["max_iter"], prefix,
+                             weights=init_model, progress=progress, cwd=root)
     finally:
         _plot_loss(log, os.path.join(run, "loss.png"), files["run_dir"])
     model = caffe_run.latest_snapshot(prefix, "caffemodel")
-    info.update(iterations=it, model=os.path.relpath(model, REPO_ROOT) if model else None,
+    info.update(iterations=it, model=os.path.relpath(model, root) if model else None,
                 train_seconds=round(info.get("train_seconds", 0) + time.time() - t0, 1))
     atomic_write_json(info_path, info)
     print(f"done: iteration {it}, model {info['model']}, loss curve {files['run_dir']}/loss.png")

@@ -132,7 +132,7 @@ def test_paper_eval_writes_consistent_results(world):
     check_body(r, 6)
     assert r["protocol"] == "paper" and r["trials"] == 1 and r["trial_seed"] is None
     assert r["iterations"] == 120 and r["seed"] == 1701 and r["init"] == "scratch (fillers)"
-    assert r["score"] == "similarity" and r["score_kind"] == "pair" and r["scorer"] == "naive"
+    assert r["score"] == "similarity" and r["score_kind"] == "pair" and r["scorer"] == "fast"
     assert os.path.samefile(r["model"], world["model"])
     assert load(os.path.join(out, "cmc-paper.json")) == load(os.path.join(out, "cmc.json")) == r
     # The saved score matrix gives the recorded numbers again.
@@ -217,8 +217,8 @@ def test_bad_arguments(world):
         run_eval(world, variant="siamese")
     with pytest.raises(MtdnetError, match="TRIALS must be a positive integer"):
         run_eval(world, protocol="random", trials=0)
-    with pytest.raises(MtdnetError, match="unknown scorer 'fast'"):
-        run_eval(world, scorer="fast")
+    with pytest.raises(MtdnetError, match="unknown scorer 'bogus'"):
+        run_eval(world, scorer="bogus")
     with pytest.raises(MtdnetError, match="needs a target dataset other than cuhk03"):
         run_eval(world, dataset="cuhk03", variant="cross")
 

@@ -32,10 +32,14 @@ def prepare_synthetic(root, split="paper", num_splits=1):
 def randomize(net, seed):
     """Redraw every weight at unit-variance scale (the fillers give near-constant outputs)."""
     rng = np.random.default_rng(seed)
-    for blobs in net.params.values():
+    # conv1 sees the input after the profile's input_scale: undo it, so the
+    # first layer's outputs are not swamped by the biases.
+    first = 1 / get_profile(PROFILE).input_scale
+    for name, blobs in net.params.items():
         for b in blobs:
             fan_in = int(np.prod(b.data.shape[1:])) if b.data.ndim > 1 else 1
-            b.data[...] = rng.normal(0, 1 / np.sqrt(fan_in), b.data.shape) if b.data.ndim > 1 \
+            gain = first if name.startswith("conv1") else 1.0
+            b.data[...] = rng.normal(0, gain / np.sqrt(fan_in), b.data.shape) if b.data.ndim > 1 \
                 else rng.normal(0, 0.1, b.data.shape)
 
 
@@ -158,8 +162,8 @@ def test_score_matrix_pair_reports_similarity_and_progress(world, pair_net):
     s2, higher = scoring.score_matrix("pair", pair_net, imgs[:2], imgs[2:5], progress=False)
     assert higher is True
     np.testing.assert_allclose(s, s2, atol=1e-6)
-    with pytest.raises(MtdnetError, match="unknown scorer 'fast'"):
-        scoring.score_matrix("pair", pair_net, imgs[:2], imgs[2:5], scorer="fast", progress=False)
+    with pytest.raises(MtdnetError, match="unknown scorer 'bogus'"):
+        scoring.score_matrix("pair", pair_net, imgs[:2], imgs[2:5], scorer="bogus", progress=False)
 
 
 # ---- features ----------------------------------------------------------------------

@@ -1,0 +1,311 @@
+"""The nets of MTDnet and its variants, built with caffe.NetSpec.
+
+Naming (what makes weights move between nets by layer name):
+  - The three triplet streams share one trunk. The anchor stream's layers are
+    conv1, relu1, pool1, norm1, conv2, relu2, pool2, norm2 (CaffeNet's names,
+    so `caffe train -weights bvlc_reference_caffenet.caffemodel` copies conv1
+    and conv2); the positive and negative streams add `_p` / `_n` and share
+    the anchor's parameters through `param { name: "conv1_w" }`.
+  - Ranking branch: feat, feat_p, feat_n (shared), then the Python triplet loss.
+  - Classification head on the regrouped pairs: conv3_pair .. fc8_pair. The
+    `_pair` suffix is needed: CaffeNet's conv3 (384x256x3x3) and fc8 (1000)
+    have other shapes, and Caffe aborts when `-weights` finds a layer of the
+    same name with another shape; it also keeps conv3..fc7 on their fillers,
+    as the authors initialised them.
+  - MTDnet-rnk's AlexNet layers above the trunk: conv3_rnk .. fc8_rnk.
+  - MTDnet-cross: the target copy has exactly MTDnet's names; the frozen
+    source copy appends `_src` (conv1_src, conv1_p_src, ..., fc7_pair_src).
+Deploy nets reuse these names, so `net.copy_from(train snapshot)` fills them.
+
+Architecture constants (LRN, pooling, dropout, bias fillers) are CaffeNet's and
+the same for every profile; widths, input size, margins and batch come from the
+profile; weight filler stds are the authors' at the paper profile and scaled
+with the fan-in elsewhere (weight_std).
+"""
+import json
+
+import caffe
+from caffe import layers as L, params as P
+
+from layers.triplet_loss import NORM_EPS
+from mtdnet import MtdnetError
+
+STREAMS = ("", "_p", "_n")            # anchor, positive, negative
+DATA_TOPS = ("data_a", "data_p", "data_n")
+SRC = "_src"                          # the frozen source copy of MTDnet-cross
+
+LRN = dict(local_size=5, alpha=1e-4, beta=0.75)
+POOL = dict(pool=P.Pooling.MAX, kernel_size=3, stride=2)
+DROPOUT = 0.5
+# Gaussian weight fillers of the authors' net (CaffeNet's, feat: the release's).
+STD = dict(conv1=0.01, conv2=0.01, conv3=0.01, conv4=0.01, conv5=0.01, fc6=0.005, fc7=0.005, fc8=0.01,
+           feat=0.005)
+# CaffeNet's bias fillers (1 where a ReLU follows in its reference net, else 0); feat: the release's.
+BIAS = dict(conv1=0, conv2=1, conv3=0, conv4=1, conv5=1, fc6=1, fc7=1, fc8=0, feat=0.1)
+
+
+def _check(profile):
+    """Reject a profile whose widths or input size break the layer geometry."""
+    for k in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        if getattr(profile, k) % 2:
+            raise MtdnetError(f"profile '{profile.name}': {k} width {getattr(profile, k)} must be even "
+                              "(conv2, conv4 and conv5 use group 2)")
+    g = geometry(profile)
+    if min(g.values()) < 1:
+        raise MtdnetError(f"profile '{profile.name}': input {profile.input_size} is too small: {g}")
+    return g
+
+
+def _conv_out(size, kernel, stride=1, pad=0):
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def _pool_out(size):
+    # Caffe's pooling rounds up.
+    return -(-(size - POOL["kernel_size"]) // POOL["stride"]) + 1
+
+
+def geometry(profile):
+    """Spatial sizes: conv1, pool1 (= conv2), norm2 (= conv3..conv5), pool5."""
+    c1 = _conv_out(profile.input_size, 11, 4)
+    p1 = _pool_out(c1)
+    p2 = _pool_out(p1)
+    return dict(conv1=c1, pool1=p1, norm2=p2, pool5=_pool_out(p2))
+
+
+def fan_in(profile, key, tag="pair"):
+    """Inputs per output unit of layer `key` (conv3 of the pair head sees both images' channels)."""
+    g = geometry(profile)
+    return dict(conv1=3 * 11 * 11, conv2=profile.conv1 // 2 * 25,
+                conv3=(2 if tag == "pair" else 1) * profile.conv2 * 9,
+                conv4=profile.conv3 // 2 * 9, conv5=profile.conv4 // 2 * 9,
+                fc6=profile.conv5 * g["pool5"] ** 2, fc7=profile.fc6, fc8=profile.fc7,
+                feat=profile.conv2 * g["norm2"] ** 2)[key]
+
+
+def weight_std(profile, key, tag="pair"):
+    """The authors' std at the paper profile. Narrower profiles have smaller fan-ins, and with
+    the same std their activations would shrink layer after layer until the bias fillers
+    swamp them; the std is scaled by sqrt(paper fan-in / fan-in) so every layer starts with
+    the paper net's output variance."""
+    from mtdnet.profiles import get_profile
+    ratio = fan_in(get_profile("paper"), key, tag) / fan_in(profile, key, tag)
+    return float(f"{STD[key] * ratio ** 0.5:.4g}")
+
+
+def weight_filler(profile, key, tag="pair"):
+    if profile.weight_filler == "msra":
+        return dict(type="msra")
+    if profile.weight_filler != "gaussian":
+        raise MtdnetError(f"profile '{profile.name}': unknown weight_filler '{profile.weight_filler}' "
+                          "(gaussian or msra)")
+    return dict(type="gaussian", std=weight_std(profile, key, tag))
+
+
+def _params(name, frozen):
+    """Weights lr 1 / decay 1, bias lr 2 / decay 0; all 0 in a frozen copy. Named for sharing."""
+    if frozen:
+        return [dict(name=name + "_w", lr_mult=0, decay_mult=0), dict(name=name + "_b", lr_mult=0, decay_mult=0)]
+    return [dict(name=name + "_w", lr_mult=1, decay_mult=1), dict(name=name + "_b", lr_mult=2, decay_mult=0)]
+
+
+def _conv(bottom, base, profile, key, kernel, frozen, stride=1, pad=0, group=1, tag="pair"):
+    kw = dict(num_output=getattr(profile, key), kernel_size=kernel,
+              weight_filler=weight_filler(profile, key, tag),
+              bias_filler=dict(type="constant", value=BIAS[key]))
+    if stride != 1:
+        kw["stride"] = stride
+    if pad:
+        kw["pad"] = pad
+    if group != 1:
+        kw["group"] = group
+    return L.Convolution(bottom, param=_params(base, frozen), **kw)
+
+
+def _fc(bottom, base, profile, key, frozen, width=None):
+    return L.InnerProduct(bottom, param=_params(base, frozen), num_output=width or getattr(profile, key),
+                          weight_filler=weight_filler(profile, key),
+                          bias_filler=dict(type="constant", value=BIAS[key]))
+
+
+def _python(bottoms, module, layer, params, **kw):
+    return L.Python(*bottoms, python_param=dict(module=module, layer=layer,
+                                                param_str=json.dumps(params, sort_keys=True)), **kw)
+
+
+def trunk(n, bottom, s, d, profile, frozen):
+    """conv1 .. norm2 of one stream; s = stream suffix, d = copy suffix. Returns norm2."""
+    def put(name, f):
+        setattr(n, name + s + d, f)
+        return f
+    if profile.input_scale != 1:
+        bottom = put("input_scale", L.Power(bottom, scale=profile.input_scale))
+    x = put("conv1", _conv(bottom, "conv1" + d, profile, "conv1", 11, frozen, stride=4))
+    put("relu1", L.ReLU(x, in_place=True))
+    x = put("pool1", L.Pooling(x, **POOL))
+    x = put("norm1", L.LRN(x, **LRN))
+    x = put("conv2", _conv(x, "conv2" + d, profile, "conv2", 5, frozen, pad=2, group=2))
+    put("relu2", L.ReLU(x, in_place=True))
+    x = put("pool2", L.Pooling(x, **POOL))
+    return put("norm2", L.LRN(x, **LRN))
+
+
+def upper(n, bottom, tag, s, d, profile, frozen, out=2, stop_at_fc7=False):
+    """conv3 .. fc8 of CaffeNet with layer names <name>_<tag><s><d>.
+
+    relu7 is not in place, so fc7 keeps its value before ReLU and dropout (the
+    cross-domain loss reads it). Returns (fc7, fc8 or None).
+    """
+    def name(base):
+        return f"{base}_{tag}{s}{d}"
+
+    def put(base, f):
+        setattr(n, name(base), f)
+        return f
+
+    x = put("conv3", _conv(bottom, f"conv3_{tag}{d}", profile, "conv3", 3, frozen, pad=1, tag=tag))
+    put("relu3", L.ReLU(x, in_place=True))
+    x = put("conv4", _conv(x, f"conv4_{tag}{d}", profile, "conv4", 3, frozen, pad=1, group=2))
+    put("relu4", L.ReLU(x, in_place=True))
+    x = put("conv5", _conv(x, f"conv5_{tag}{d}", profile, "conv5", 3, frozen, pad=1, group=2))
+    put("relu5", L.ReLU(x, in_place=True))
+    x = put("pool5", L.Pooling(x, **POOL))
+    x = put("fc6", _fc(x, f"fc6_{tag}{d}", profile, "fc6", frozen))
+    put("relu6", L.ReLU(x, in_place=True))
+    put("drop6", L.Dropout(x, dropout_ratio=DROPOUT, in_place=True))
+    fc7 = put("fc7", _fc(x, f"fc7_{tag}{d}", profile, "fc7", frozen))
+    if stop_at_fc7:
+        return fc7, None
+    x = put("relu7", L.ReLU(fc7))
+    put("drop7", L.Dropout(x, dropout_ratio=DROPOUT, in_place=True))
+    return fc7, put("fc8", _fc(x, f"fc8_{tag}{d}", profile, "fc8", frozen, width=out))
+
+
+def l2_normalize(n, bottom, out):
+    """out = bottom / |bottom| per row, from plain BVLC layers (Reduction, Power, Scale)."""
+    setattr(n, out + "_sumsq", L.Reduction(bottom, operation=P.Reduction.SUMSQ, axis=1))
+    setattr(n, out + "_invnorm", L.Power(getattr(n, out + "_sumsq"), power=-0.5, shift=NORM_EPS))
+    setattr(n, out, L.Scale(bottom, getattr(n, out + "_invnorm"), axis=0))
+    return getattr(n, out)
+
+
+def data_layer(n, sources, triplets, batch, profile, seed, d=""):
+    """The TripletDataLayer; `sources`/`triplets` are paths or lists of paths."""
+    tops = L.Python(ntop=3, python_param=dict(
+        module="layers.triplet_data", layer="TripletDataLayer",
+        param_str=json.dumps(dict(source=sources, triplets=triplets, batch_size=batch,
+                                  input_size=profile.input_size, mirror=True, shuffle=True, seed=seed),
+                             sort_keys=True)))
+    for name, t in zip(DATA_TOPS, tops):
+        setattr(n, name + d, t)
+    return tops
+
+
+def _triplet_loss(n, feats, profile, weight, name="trp_loss"):
+    setattr(n, name, _python(feats, "layers.triplet_loss", "TripletLossLayer",
+                             dict(margin=profile.margin), loss_weight=weight))
+
+
+def mtdnet_body(n, data, profile, trp_weight, d="", frozen=False, order="blocked", losses=True):
+    """Three trunk streams, the ranking branch and the pair head. Returns (fc7_pair, pair labels).
+
+    losses=False (the frozen source copy of MTDnet-cross): no ranking branch,
+    and the head stops at fc7_pair, the only output the cross-domain loss uses.
+    """
+    norms = [trunk(n, x, s, d, profile, frozen) for x, s in zip(data, STREAMS)]
+    if losses:
+        feats = []
+        for x, s in zip(norms, STREAMS):
+            setattr(n, "feat" + s + d, _fc(x, "feat" + d, profile, "feat", frozen))
+            feats.append(getattr(n, "feat" + s + d))
+        _triplet_loss(n, feats, profile, trp_weight)
+    pairs, labels = _python(norms, "layers.pair_regroup", "PairRegroupLayer", dict(order=order), ntop=2)
+    setattr(n, "pairs" + d, pairs)
+    setattr(n, "pair_labels" + d, labels)
+    fc7, fc8 = upper(n, pairs, "pair", "", d, profile, frozen, stop_at_fc7=not losses)
+    if losses:
+        # Labels come from a layer with a backward: say they take no gradient.
+        n.cls_loss = L.SoftmaxWithLoss(fc8, labels, loss_weight=1, propagate_down=[True, False])
+        n.accuracy = L.Accuracy(fc8, labels, propagate_down=[False, False])
+    return fc7, labels
+
+
+def train_net(variant, profile, batch, target, source=None, seed=None):
+    """The NetSpec of a train net. target/source: (images.lmdb, train_triplets.npy) path pairs.
+
+    variant: mtdnet, cls (triplet loss weight 0), rnk, aug (`target` is then a
+    pair of lists: the target's and the source's files), cross.
+    """
+    _check(profile)
+    seed = profile.seed if seed is None else seed
+    n = caffe.NetSpec()
+    data = data_layer(n, target[0], target[1], batch, profile, seed)
+    if variant in ("mtdnet", "aug"):
+        mtdnet_body(n, data, profile, trp_weight=1)
+    elif variant == "cls":
+        mtdnet_body(n, data, profile, trp_weight=0)
+    elif variant == "rnk":
+        feats = []
+        for x, s in zip(data, STREAMS):
+            norm2 = trunk(n, x, s, "", profile, False)
+            feats.append(upper(n, norm2, "rnk", s, "", profile, False, out=profile.feat)[1])
+        _triplet_loss(n, feats, profile, 1)
+    elif variant == "cross":
+        if batch < 2:
+            raise MtdnetError("the cross-domain net needs at least 2 triplets per batch "
+                              "(with one, both pair orders coincide and the XNOR label is constant)")
+        fc7, labels = mtdnet_body(n, data, profile, trp_weight=1)
+        # Another seed, so the two data layers do not mirror in lockstep.
+        src = data_layer(n, source[0], source[1], batch, profile, seed + 1, d=SRC)
+        # Source pairs interleaved, target pairs blocked: the XNOR label is then
+        # 1 for half the rows and 0 for the others (blocked twice would give all 1).
+        fc7_src, labels_src = mtdnet_body(n, src, profile, None, d=SRC, frozen=True, order="interleaved",
+                                          losses=False)
+        a = l2_normalize(n, fc7, "fc7_pair_l2")
+        b = l2_normalize(n, fc7_src, "fc7_pair_l2" + SRC)
+        n.cts_labels = _python([labels_src, labels], "layers.xnor_label", "XnorLabelLayer", {},
+                               propagate_down=[False, False])
+        n.cts_loss = L.ContrastiveLoss(a, b, n.cts_labels, margin=profile.contrastive_margin, loss_weight=1,
+                                       propagate_down=[True, False, False])
+    else:
+        raise MtdnetError(f"no train net for variant '{variant}'")
+    return n
+
+
+def _inputs(n, names, profile, batch=1):
+    for name in names:
+        setattr(n, name, L.Input(shape=dict(dim=[batch, 3, profile.input_size, profile.input_size])))
+    return [getattr(n, x) for x in names]
+
+
+def pair_score_net(profile):
+    """Deploy: data_1, data_2 -> shared trunk -> concat -> conv3_pair..fc8_pair -> prob (P(same) = prob[:, 1])."""
+    _check(profile)
+    n = caffe.NetSpec()
+    x1, x2 = _inputs(n, ("data_1", "data_2"), profile)
+    norms = [trunk(n, x, s, "", profile, False) for x, s in zip((x1, x2), STREAMS)]
+    n.pairs = L.Concat(*norms, axis=1)
+    _, fc8 = upper(n, n.pairs, "pair", "", "", profile, False)
+    n.prob = L.Softmax(fc8)
+    return n
+
+
+def feature_net(profile):
+    """Deploy for MTDnet-trp: data -> trunk -> feat -> `feature` (L2-normalised)."""
+    _check(profile)
+    n = caffe.NetSpec()
+    (x,) = _inputs(n, ("data",), profile)
+    n.feat = _fc(trunk(n, x, "", "", profile, False), "feat", profile, "feat", False)
+    l2_normalize(n, n.feat, "feature")
+    return n
+
+
+def rnk_feature_net(profile):
+    """Deploy for MTDnet-rnk: data -> AlexNet stream -> fc8_rnk -> `feature` (L2-normalised)."""
+    _check(profile)
+    n = caffe.NetSpec()
+    (x,) = _inputs(n, ("data",), profile)
+    _, fc8 = upper(n, trunk(n, x, "", "", profile, False), "rnk", "", "", profile, False, out=profile.feat)
+    l2_normalize(n, fc8, "feature")
+    return n
+
