@@ -78,7 +78,7 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
         bar = tqdm(total=max_iter, initial=start_iter, unit="it", dynamic_ncols=True,
                    desc="caffe train")
     it, last_loss = start_iter, None
-    with open(log_path, "a") as log:
+    with open(log_path, "a", buffering=1) as log:  # line-buffered: `tail -f` works
         log.write(f"### mtdnet: {' '.join(args)}\n")
         log.flush()
         proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

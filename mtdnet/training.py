@@ -23,26 +23,10 @@ from mtdnet.profiles import get_profile
 MTDNET_MARKERS = ("conv3_pair", "feat", "conv3_rnk")
 
 
-def model_layers(path):
-    """{layer name: [blob shapes]} of a .caffemodel; a clear error when it isn't one."""
-    from caffe.proto import caffe_pb2
-    if not os.path.exists(path):
-        raise MtdnetError(f"{path}: model not found")
-    p = caffe_pb2.NetParameter()
-    try:
-        with open(path, "rb") as f:
-            p.ParseFromString(f.read())
-    except Exception as e:
-        raise MtdnetError(f"{path}: not a Caffe model ({e})")
-    layers = {l.name: [tuple(b.shape.dim) for b in l.blobs] for l in p.layer if l.blobs}
-    if not layers:
-        raise MtdnetError(f"{path}: the model holds no weights")
-    return layers
-
-
 def model_kind(path):
     """'mtdnet' (a model of ours: fine-tune from it) or 'imagenet' (copy conv1/conv2)."""
-    names = model_layers(path)
+    from prototxt.weights import read_caffemodel
+    names = read_caffemodel(path)
     if any(m in names for m in MTDNET_MARKERS):
         return "mtdnet"
     if "conv1" in names and "conv2" in names:
@@ -51,14 +35,16 @@ def model_kind(path):
                       f"(no conv1/conv2; layers: {sorted(names)[:8]}...)")
 
 
-def prepare(dataset, variant, profile, split="paper", iters=None, gpu=False, root=REPO_ROOT):
+def prepare(dataset, variant, profile, split="paper", iters=None, gpu=False, root=REPO_ROOT,
+            source_split="paper"):
     """Write the run's train net and solver; return the generator's file map plus run paths.
 
-    `root` is the project directory holding data/ and runs/ (Caffe runs there).
+    `root` is the project directory holding data/ and runs/ (Caffe runs there);
+    `source_split`: the CUHK03 split that aug and cross read.
     """
     from caffe.proto import caffe_pb2
     from prototxt import generate
-    files = generate.files_for(dataset, variant, profile, split)
+    files = generate.files_for(dataset, variant, profile, split, source_split=source_split)
     if variant == "trp":
         raise MtdnetError("MTDnet-trp has no training of its own: it ranks the MTDnet model's triplet "
                           "features. Train VARIANT=mtdnet, then `make eval VARIANT=trp`.")
@@ -66,18 +52,18 @@ def prepare(dataset, variant, profile, split="paper", iters=None, gpu=False, roo
     run = os.path.join(root, files["run_dir"])
     for d in files["data"]:
         if not os.path.exists(os.path.join(root, d, "images.lmdb", "data.mdb")):
-            name = os.path.basename(d).split("-")[0]
+            name, _, need = os.path.basename(d).split("-", 2)
             raise MtdnetError(f"{d}: prepared data not found; run `make data DATASET={name} "
-                              f"PROFILE={profile} SPLIT={split.rstrip('0123456789') or split}` first")
+                              f"PROFILE={profile} SPLIT={need}` first")
     os.makedirs(os.path.join(run, "snapshots"), exist_ok=True)
     train_rel = f"{files['run_dir']}/train.prototxt"
     atomic_write_text(os.path.join(root, train_rel),
-                      generate.train_net_text(dataset, variant, profile, split))
+                      generate.train_net_text(dataset, variant, profile, split, source_split=source_split))
     s = caffe_pb2.SolverParameter()
     text_format.Merge(generate.solver_text(dataset, variant, profile, split, gpu), s)
     s.net = train_rel
     _, default_iters = prof.solver_settings(dataset)
-    s.max_iter = int(iters) if iters else default_iters
+    s.max_iter = int(iters) if iters is not None else default_iters
     if s.max_iter < 1:
         raise MtdnetError(f"ITERS must be >= 1, got {iters}")
     solver_rel = f"{files['run_dir']}/solver.prototxt"
@@ -110,8 +96,8 @@ def initial_weights(files, variant, weights):
 
 
 def train(dataset, variant, profile, split="paper", iters=None, weights=None, gpu=False, progress=True,
-          root=REPO_ROOT):
-    files = prepare(dataset, variant, profile, split, iters, gpu, root)
+          root=REPO_ROOT, source_split="paper"):
+    files = prepare(dataset, variant, profile, split, iters, gpu, root, source_split)
     run = files["run_abs"]
     prefix = os.path.join(root, files["snapshot_prefix"])
     state = caffe_run.latest_snapshot(prefix)
@@ -125,7 +111,8 @@ def train(dataset, variant, profile, split="paper", iters=None, weights=None, gp
         init_model, init = initial_weights(files, variant, weights)
         print(f"initialisation: {init}")
     print(f"run: {files['run_dir']}  (same as: caffe train -solver {files['solver_run']})")
-    info.update(dataset=dataset, variant=variant, profile=profile, split=split, seed=files["seed"],
+    info.update(dataset=dataset, variant=variant, profile=profile, split=split, source_split=source_split,
+                seed=files["seed"],
                 max_iter=files["max_iter"], init=init, solver=files["solver_run"],
                 data=files["data"], gpu=gpu)
     atomic_write_json(info_path, info)

@@ -24,13 +24,15 @@ def main():
     ap.add_argument("--variant", default="mtdnet", help=f"one of {', '.join(v for v in VARIANTS if v != 'trp')}")
     ap.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
     ap.add_argument("--split", default="paper", help="paper or random<k>")
+    ap.add_argument("--source-split", default="paper", help="the CUHK03 split aug / cross read (default paper)")
     ap.add_argument("--iters", type=int, help="max_iter (default: the profile's for this dataset)")
     ap.add_argument("--weights", help="an ImageNet CaffeNet/AlexNet caffemodel (conv1/conv2 are copied) "
                                       "or an MTDnet model (CUHK03) to fine-tune from")
     ap.add_argument("--gpu", action="store_true", help="solver_mode GPU (needs `make setup CUDA=1`)")
     a = ap.parse_args()
     from mtdnet import training
-    training.train(a.dataset, a.variant, a.profile, a.split, a.iters, a.weights, a.gpu)
+    training.train(a.dataset, a.variant, a.profile, a.split, a.iters, a.weights, a.gpu,
+                   source_split=a.source_split)
 
 
 if __name__ == "__main__":
