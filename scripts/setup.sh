@@ -132,9 +132,11 @@ if [ -n "${CAFFE_ROOT:-}" ]; then
   [ -n "$CAFFE_BIN" ] || die "no caffe tool under $CAFFE_ROOT (looked in build/tools, .build_release/tools, distribute/bin)"
   ls "$CAFFE_PY"/caffe/_caffe*.so >/dev/null 2>&1 || die "no pycaffe under $CAFFE_PY/caffe (run 'make pycaffe' there)"
 else
-  NUMPY_MAJOR="$("$VPY" -c 'import numpy; print(numpy.__version__.split(".")[0])')"
+  read -r NUMPY_MAJOR NUMPY_INC < <("$VPY" -c 'import numpy; print(numpy.__version__.split(".")[0], numpy.get_include())')
   CONFIG_TEXT="$(bash "$REPO/scripts/caffe_config.sh" "$VPY" "$CUDA" "$CUDA_HOME" "$CUDA_ARCH_LIST")"
-  KEY="$( { echo "$CAFFE_SDIST_SHA256"; echo "$CONFIG_TEXT"; echo "numpy$NUMPY_MAJOR";
+  # The numpy headers' path names this checkout's venv; the build does not depend
+  # on where they were, so another checkout (CI's clone) reuses the same build.
+  KEY="$( { echo "$CAFFE_SDIST_SHA256"; echo "${CONFIG_TEXT//$NUMPY_INC/numpy-include}"; echo "numpy$NUMPY_MAJOR";
             cat "$REPO/scripts/patch_caffe.sh"; } | sha256sum | cut -c1-16)"
   VARIANT="cpu"; [ "$CUDA" = "1" ] && VARIANT="cuda"
   BUILD="$CACHE/caffe/$VARIANT-$KEY"
