@@ -86,6 +86,16 @@ def require_dir(path, what):
     return path
 
 
+def find_image_dir(root, name, subdirs, pattern, layout):
+    """The first of root/<subdir>..., root holding a file that matches `pattern`."""
+    require_dir(root, f"{name} root")
+    for d in [os.path.join(root, *sub) for sub in subdirs] + [root]:
+        if os.path.isdir(d) and any(pattern.match(f) for f in os.listdir(d)):
+            return d
+    article = "an" if name[0].lower() in "aeiou" else "a"
+    raise MtdnetError(f"{root}: not {article} {name} directory; expected {layout}")
+
+
 def check_both_cameras(records, dataset_name, ids=None):
     """Every person (of `ids`, default all) needs an image in each camera."""
     seen = {}

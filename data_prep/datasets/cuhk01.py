@@ -8,7 +8,7 @@ import re
 
 from mtdnet import MtdnetError
 from data_prep.records import (Dataset, Facts, Record, check_both_cameras, default_root,
-                               files_with_ext, paper_split, require_dir)
+                               files_with_ext, find_image_dir, paper_split)
 
 KEY = "cuhk01"
 NAME = "CUHK01"
@@ -18,11 +18,7 @@ LAYOUT = "campus/ holding PPPPIII.png images (PPPP = person, III = 001..004)"
 
 
 def image_dir(root):
-    require_dir(root, f"{NAME} root")
-    for d in (os.path.join(root, "campus"), root):
-        if os.path.isdir(d) and any(PATTERN.match(f) for f in os.listdir(d)):
-            return d
-    raise MtdnetError(f"{root}: not a {NAME} directory; expected {LAYOUT}")
+    return find_image_dir(root, NAME, [("campus",)], PATTERN, LAYOUT)
 
 
 def read(root=None):

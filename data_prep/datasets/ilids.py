@@ -10,7 +10,7 @@ import re
 
 from mtdnet import MtdnetError
 from data_prep.records import (GALLERY_CAMERA, PROBE_CAMERA, Dataset, Facts, Record,
-                               default_root, files_with_ext, paper_split, require_dir)
+                               default_root, files_with_ext, find_image_dir, paper_split)
 
 KEY = "ilids"
 NAME = "i-LIDS"
@@ -20,11 +20,7 @@ LAYOUT = "i-LIDS_Pedestrian/Persons/ holding PPPPIII.jpg images (PPPP = person, 
 
 
 def image_dir(root):
-    require_dir(root, f"{NAME} root")
-    for d in (os.path.join(root, "i-LIDS_Pedestrian", "Persons"), os.path.join(root, "Persons"), root):
-        if os.path.isdir(d) and any(PATTERN.match(f) for f in os.listdir(d)):
-            return d
-    raise MtdnetError(f"{root}: not an {NAME} directory; expected {LAYOUT}")
+    return find_image_dir(root, NAME, [("i-LIDS_Pedestrian", "Persons"), ("Persons",)], PATTERN, LAYOUT)
 
 
 def read(root=None):
