@@ -20,6 +20,7 @@ help:
 	@echo "make train      train a run: DATASET VARIANT PROFILE [SPLIT WEIGHTS ITERS GPU=1]"
 	@echo "make eval       CMC of a trained run: DATASET VARIANT PROFILE [SPLIT PROTOCOL TRIALS MODEL]"
 	@echo "make report     runs/report.md: Table 1 with our numbers beside the paper's"
+	@echo "make bench      speed and memory on this machine -> bench/results.json [BENCH_ARGS=--quick]"
 
 setup:
 	@bash scripts/setup.sh
@@ -60,3 +61,8 @@ eval:
 report:
 	$(NEED_VENV)
 	$(ACTIVATE) python tools/report.py $(REPORT_ARGS)
+
+# make bench [BENCH_ARGS="--parts scoring,cmc --blocks paper=8x8 ..."]: bench/results.json (tools/bench.py --help)
+bench:
+	$(NEED_VENV)
+	$(ACTIVATE) python tools/bench.py $(BENCH_ARGS)

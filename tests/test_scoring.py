@@ -31,16 +31,8 @@ def prepare_synthetic(root, split="paper", num_splits=1):
 
 def randomize(net, seed):
     """Redraw every weight at unit-variance scale (the fillers give near-constant outputs)."""
-    rng = np.random.default_rng(seed)
-    # conv1 sees the input after the profile's input_scale: undo it, so the
-    # first layer's outputs are not swamped by the biases.
-    first = 1 / get_profile(PROFILE).input_scale
-    for name, blobs in net.params.items():
-        for b in blobs:
-            fan_in = int(np.prod(b.data.shape[1:])) if b.data.ndim > 1 else 1
-            gain = first if name.startswith("conv1") else 1.0
-            b.data[...] = rng.normal(0, gain / np.sqrt(fan_in), b.data.shape) if b.data.ndim > 1 \
-                else rng.normal(0, 0.1, b.data.shape)
+    from mtdnet.bench import random_weights
+    random_weights(net, seed, get_profile(PROFILE).input_scale)
 
 
 def make_model(path, data_dir, variant="mtdnet", seed=0):
@@ -146,6 +138,50 @@ def test_fast_scorer_gives_the_naive_scores(world, pair_net):
     np.testing.assert_allclose(fast, naive, atol=1e-5, rtol=0)
     # Batch size changes only the speed.
     np.testing.assert_allclose(scoring.pair_scores_fast(pair_net, probes, gallery, batch=64), fast, atol=1e-6)
+
+
+def test_fast_scorer_in_small_memory_blocks_gives_the_same_scores(world, pair_net, monkeypatch):
+    """A budget smaller than the cached halves of all images: blocks of probes x gallery
+    images, each within the budget, and the same scores as all at once."""
+    imgs = world["images"]
+    probes, gallery = imgs[:3], imgs[2:7]
+    per = scoring.Conv3Halves(pair_net).bytes_per_image
+    c = pair_net.blobs["conv3_pair"].data.shape[1:]
+    assert per == 2 * 2 * 4 * int(np.prod(c))       # 2 mirror states x 2 halves, float32
+    whole = scoring.pair_scores_fast(pair_net, probes, gallery, batch=4)
+    np.testing.assert_allclose(whole, scoring.pair_scores_naive(pair_net, probes, gallery), atol=1e-5, rtol=0)
+
+    cached = []
+    empty = scoring.Conv3Halves.empty
+    monkeypatch.setattr(scoring.Conv3Halves, "empty", lambda self, n: cached.append(n) or empty(self, n))
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+    # budget (in images) -> (probes, gallery images) per block; batch 4
+    for images, blocks in ((8, (3, 5)), (6, (2, 4)), (3, (1, 2)), (0, (1, 1))):
+        memory = images * per
+        assert scoring.block_sizes(3, 5, per, memory, batch=4) == blocks
+        cached.clear()
+        bar = Bar()
+        s = scoring.pair_scores_fast(pair_net, probes, gallery, batch=4, progress=bar, memory=memory)
+        assert cached == list(blocks)
+        if images:
+            assert sum(cached) * per <= memory
+        assert bar.n == 15                                # every pair once
+        # Only BLAS rounding of other batch compositions may differ (~1e-8).
+        np.testing.assert_allclose(s, whole, atol=1e-6, rtol=0)
+
+
+def test_block_sizes():
+    # Everything fits; probes fill the budget beside a batch of gallery images; the
+    # probes fit and the gallery takes the rest; never less than one image each.
+    assert scoring.block_sizes(10, 100, 1, 110) == (10, 100)
+    assert scoring.block_sizes(100, 1000, 1, 150, batch=16) == (100, 50)
+    assert scoring.block_sizes(1000, 10000, 1, 1032, batch=64) == (968, 64)
+    assert scoring.block_sizes(5, 7, 1000, 10) == (1, 1)
 
 
 def test_score_matrix_pair_reports_similarity_and_progress(world, pair_net):
