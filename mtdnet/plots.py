@@ -33,6 +33,18 @@ def _save(fig, path):
     return path
 
 
+def _finish(fig, ax, path, xlabel, ylabel, title, legend_loc):
+    """Integer x ticks, labels, grid, legend; save the PNG."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _figure(size_px):
     return Figure(figsize=(size_px[0] / DPI, size_px[1] / DPI), dpi=DPI)
 
@@ -85,14 +97,7 @@ def plot_cmc(runs, path, *, title="CMC", max_rank=None):
                 label=f"chance (gallery of {g})")
     ax.set_xlim(1, n)
     ax.set_ylim(0, 100)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("rank")
-    ax.set_ylabel("matching rate (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, "rank", "matching rate (%)", title, "lower right")
 
 
 # ---- Caffe log ----------------------------------------------------------------
@@ -201,14 +206,7 @@ def plot_loss_curve(log, path, *, title="training loss"):
     if bad:
         ax.axvline(bad[0], color="red", linewidth=1.5,
                    label=f"loss is NaN/inf from iteration {bad[0]}")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path, "iteration", "loss", title, "best")
 
 
 # ---- ranked gallery -------------------------------------------------------------
