@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 from mtdnet import REPO_ROOT, MtdnetError
 
@@ -147,13 +146,3 @@ def _tail(path, n=15):
     with open(path, errors="replace") as f:
         lines = f.readlines()[-n:]
     return "".join(lines)
-
-
-def wait_for(predicate, timeout, interval=0.2):
-    """Poll `predicate` until true or `timeout` seconds pass (tests use it)."""
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -207,8 +207,9 @@ def evaluate(dataset, variant, profile, split="paper", protocol="paper", trials=
     body["trial_seed"] = body.pop("seed")
     iters = caffe_run.snapshot_iter(model)
     if iters < 0:
+        # run.json names its model relative to the project holding runs/.
         iters = info.get("iterations") if info.get("model") and \
-            os.path.abspath(os.path.join(REPO_ROOT, info["model"])) == model else None
+            os.path.abspath(os.path.join(os.path.dirname(runs_dir), info["model"])) == model else None
     body.update(
         dataset=dataset, variant=variant, profile=profile, split=split,
         model=_rel(model), iterations=iters, seed=info.get("seed", prof.seed),

@@ -67,23 +67,10 @@ def load_net(deploy, weights):
     return net
 
 
-def model_blobs(weights):
-    """{layer name: [blob shapes]} of a .caffemodel (layers with weights only)."""
-    from caffe.proto import caffe_pb2
-    param = caffe_pb2.NetParameter()
-    try:
-        with open(weights, "rb") as f:
-            param.ParseFromString(f.read())
-    except Exception as e:
-        raise MtdnetError(f"{weights}: not a Caffe model ({e})")
-    return {l.name: [tuple(b.shape.dim) if b.shape.dim else
-                     tuple(x for x in (b.num, b.channels, b.height, b.width))
-                     for b in l.blobs] for l in param.layer if l.blobs}
-
-
 def _check_fits(net, weights):
     """Caffe aborts the process on a shape mismatch: check first, name the layer."""
-    stored = model_blobs(weights)
+    from prototxt.weights import read_caffemodel
+    stored = {name: [a.shape for a in arrays] for name, arrays in read_caffemodel(weights).items()}
     missing = []
     for name, blobs in net.params.items():
         if name not in stored:

@@ -1,6 +1,7 @@
 """Shared test helpers: small real LMDBs and the caffe binary."""
 import os
 import subprocess
+import time
 
 import numpy as np
 
@@ -47,3 +48,13 @@ def toy_solver_text(net_path, snapshot_prefix, max_iter, base_lr=1e-6, snapshot=
     return (f'net: "{net_path}"\nbase_lr: {base_lr}\nlr_policy: "fixed"\nmomentum: 0\nweight_decay: 0\n'
             f'max_iter: {max_iter}\ndisplay: {display}\nrandom_seed: {seed}\nsnapshot: {snapshot}\n'
             f'snapshot_prefix: "{snapshot_prefix}"\nsolver_mode: CPU\n')
+
+
+def wait_for(predicate, timeout, interval=0.2):
+    """Poll `predicate` until true or `timeout` seconds pass."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

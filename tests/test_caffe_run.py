@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mtdnet import REPO_ROOT, caffe_run
-from tests.helpers import make_image_lmdb, toy_net_text, toy_solver_text
+from tests.helpers import make_image_lmdb, toy_net_text, toy_solver_text, wait_for
 
 S = 24  # image side: big enough that iterations take a little time
 
@@ -47,7 +47,7 @@ def test_train_runs_to_max_iter_and_resumes_after_a_kill(toy_run):
     big = 10 ** 7
     s = solver(big, snapshot=50)
     p = _driver(s, log, big, prefix)
-    assert caffe_run.wait_for(lambda: caffe_run.latest_snapshot(prefix) is not None, 120)
+    assert wait_for(lambda: caffe_run.latest_snapshot(prefix) is not None, 120)
     # A hard kill of the whole run (driver and Caffe), as a crash or OOM would do.
     p.kill()
     p.wait()
@@ -73,7 +73,7 @@ def test_ctrl_c_stops_with_a_snapshot(toy_run):
     log = str(tmp / "train.log")
     big = 10 ** 7
     p = _driver(solver(big, snapshot=0), log, big, prefix)
-    assert caffe_run.wait_for(lambda: os.path.exists(log) and "Iteration 5," in open(log).read(), 120)
+    assert wait_for(lambda: os.path.exists(log) and "Iteration 5," in open(log).read(), 120)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 1, err
