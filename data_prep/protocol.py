@@ -2,7 +2,10 @@
 
 Split names: `paper` (the authors' recorded test identities, shipped in
 data_prep/splits/), `random<k>` (seeded random splits of the protocol's
-sizes), `testsets<k>` (CUHK03: the k-th of the 20 test sets in cuhk-03.mat).
+sizes), `testsets<k>` (CUHK03: the k-th of the 20 test sets in cuhk-03.mat),
+`val` (for tuning: the paper split's test identities are left out entirely and
+a seeded third of its training identities is held out as the test set, so a
+setting can be chosen without ever looking at the paper's test identities).
 Validation identities, where the protocol has them (CUHK03: 100), are drawn
 from the non-test identities with the recorded seed.
 """
@@ -13,13 +16,13 @@ import numpy as np
 from mtdnet import MtdnetError
 
 ROLES = ("train", "val", "test")
-SPLIT_HELP = "paper | random | random<k> | testsets | testsets<k> (CUHK03 only)"
+SPLIT_HELP = "paper | val | random | random<k> | testsets | testsets<k> (CUHK03 only)"
 
 
 def split_names(facts, split, num_splits=10):
     """The split directories `split` stands for: 'random' -> random0..random{n-1}."""
-    if split == "paper":
-        return ["paper"]
+    if split in ("paper", "val"):
+        return [split]
     m = re.fullmatch(r"(random|testsets)(\d+)?", split or "")
     if not m:
         raise MtdnetError(f"unknown split '{split}'; valid: {SPLIT_HELP}")
@@ -53,7 +56,7 @@ def make_split(dataset, name, seed, num_test=None, num_val=None):
     n_val = facts.n_val if num_val is None else int(num_val)
     if n_val < 0 or (num_test is not None and num_test < 1):
         raise MtdnetError(f"--num-test must be >= 1 and --num-val >= 0, got {num_test}, {num_val}")
-    m = re.fullmatch(r"(paper|random|testsets)(\d*)", name)
+    m = re.fullmatch(r"(paper|val|random|testsets)(\d*)", name)
     if not m:
         raise MtdnetError(f"unknown split '{name}'; valid: {SPLIT_HELP}")
     kind, k = m.group(1), int(m.group(2) or 0)
@@ -66,9 +69,22 @@ def make_split(dataset, name, seed, num_test=None, num_val=None):
         perm = [int(p) for p in rng.permutation(ids)]
         test = perm[:n_test]
         rule = f"random split {k}: identities permuted with seed [{seed}, {k}]; first {n_test} test"
+    elif kind == "val":
+        if not facts.paper_test_ids:
+            raise MtdnetError(f"{facts.name} has no recorded paper split to hold validation identities out of")
+        paper_test = {int(p) for p in facts.paper_test_ids}
+        pool = [p for p in ids if p not in paper_test]
+        n_test = len(pool) // 3 if num_test is None else int(num_test)
+        if len(pool) < n_test + n_val + 2:
+            raise MtdnetError(f"{facts.root}: {len(pool)} training identities of the paper split, too few "
+                              f"to hold out {n_test} + {n_val} val and keep 2 for training")
+        test = sorted(int(p) for p in rng.choice(pool, n_test, replace=False))
+        ids = pool                  # the paper's test identities take no part at all
+        rule = (f"val: the paper split's {len(paper_test)} test identities left out; {n_test} of its "
+                f"{len(pool)} training identities held out as the test set with seed [{seed}, {k}]")
     else:
         if num_test is not None:
-            raise MtdnetError(f"--num-test applies to random splits; split '{name}' uses recorded "
+            raise MtdnetError(f"--num-test applies to random and val splits; split '{name}' uses recorded "
                               f"test identities")
         if kind == "paper":
             test, source = facts.paper_test_ids, f"data_prep/splits/{facts.paper_source}"

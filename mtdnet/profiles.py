@@ -32,6 +32,10 @@ class Profile:
     margin: float = 1.0      # triplet-loss margin on L2-normalised features
     contrastive_margin: float = 1.0
     max_iter: int = 20000    # small datasets; CUHK03 uses max_iter_cuhk03
+    # lr_policy: "fixed" (the authors') unless lr_steps lists fractions of max_iter
+    # where the rate is multiplied by lr_gamma ("multistep"; they follow ITERS).
+    lr_steps: tuple = ()
+    lr_gamma: float = 0.1
     max_iter_cuhk03: int = 200000
     snapshot: int = 500
     display: int = 20
@@ -44,6 +48,13 @@ class Profile:
     # "gaussian" = the authors' std (fan-in scaled outside paper), "msra" = He.
     input_scale: float = 1.0
     weight_filler: str = "gaussian"
+    # fc8_std > 0: the 2-way pair classifier (fc8) starts from Gaussian(fc8_std)
+    # whatever weight_filler says, so the softmax does not start saturated.
+    fc8_std: float = 0.0
+    zero_bias: bool = False    # all biases start at 0 instead of CaffeNet's constants
+    # Training-time augmentation: each image is mirrored at random (as the
+    # authors) and, with shift > 0, translated by up to `shift` pixels.
+    shift: int = 0
 
     def solver_settings(self, dataset):
         """(base_lr, max_iter) for `dataset`: the authors used 1e-4 on PRID2011."""

@@ -1,6 +1,7 @@
 """The Table 1 report (`make report`): our CMC numbers beside the paper's, in its layout.
 
-Reads every runs/<run>/cmc-<protocol>.json that `make eval` wrote and writes
+Reads every runs/<run>/cmc-<protocol>.json that `make eval` wrote (except the
+tuning split `val`'s) and writes
   runs/report.md                  the table (paper rows and ours), with a note per number
                                   (protocol, split, profile, initialisation, iterations)
   runs/report_cmc.png             every result's CMC curve
@@ -54,6 +55,8 @@ def find_results(runs_dir):
         lacking = [k for k in REQUIRED if k not in r]
         if lacking:
             raise MtdnetError(f"{path}: not a `make eval` result (lacks {', '.join(lacking)})")
+        if r.get("split") == "val":
+            continue   # tuning numbers on held-out training identities, not a test result
         r["run"] = os.path.basename(os.path.dirname(path))
         r["path"] = path
         out.append(r)

@@ -17,7 +17,6 @@ from google.protobuf import text_format
 from mtdnet import REPO_ROOT, MtdnetError
 from mtdnet import caffe_run
 from mtdnet.fsutil import atomic_write_json, atomic_write_text
-from mtdnet.profiles import get_profile
 
 # Layers only an MTDnet-family model has (an ImageNet CaffeNet has conv1..fc8 only).
 MTDNET_MARKERS = ("conv3_pair", "feat", "conv3_rnk")
@@ -48,7 +47,6 @@ def prepare(dataset, variant, profile, split="paper", iters=None, gpu=False, roo
     if variant == "trp":
         raise MtdnetError("MTDnet-trp has no training of its own: it ranks the MTDnet model's triplet "
                           "features. Train VARIANT=mtdnet, then `make eval VARIANT=trp`.")
-    prof = get_profile(profile)
     run = os.path.join(root, files["run_dir"])
     for d in files["data"]:
         if not os.path.exists(os.path.join(root, d, "images.lmdb", "data.mdb")):
@@ -60,12 +58,8 @@ def prepare(dataset, variant, profile, split="paper", iters=None, gpu=False, roo
     atomic_write_text(os.path.join(root, train_rel),
                       generate.train_net_text(dataset, variant, profile, split, source_split=source_split))
     s = caffe_pb2.SolverParameter()
-    text_format.Merge(generate.solver_text(dataset, variant, profile, split, gpu), s)
+    text_format.Merge(generate.solver_text(dataset, variant, profile, split, gpu, iters), s)
     s.net = train_rel
-    _, default_iters = prof.solver_settings(dataset)
-    s.max_iter = int(iters) if iters is not None else default_iters
-    if s.max_iter < 1:
-        raise MtdnetError(f"ITERS must be >= 1, got {iters}")
     solver_rel = f"{files['run_dir']}/solver.prototxt"
     atomic_write_text(os.path.join(root, solver_rel),
                       f"# Run with: caffe train -solver {solver_rel}   (from the project root)\n"

@@ -94,12 +94,20 @@ def weight_std(profile, key, tag="pair"):
 
 
 def weight_filler(profile, key, tag="pair"):
+    if key == "fc8" and profile.fc8_std:
+        return dict(type="gaussian", std=profile.fc8_std)
     if profile.weight_filler == "msra":
         return dict(type="msra")
     if profile.weight_filler != "gaussian":
         raise MtdnetError(f"profile '{profile.name}': unknown weight_filler '{profile.weight_filler}' "
                           "(gaussian or msra)")
     return dict(type="gaussian", std=weight_std(profile, key, tag))
+
+
+def bias_filler(profile, key):
+    """CaffeNet's constants (1 before most ReLUs), or 0 everywhere (profile.zero_bias: the
+    zero-mean assumption of He fillers; with bias 1 the ReLUs all start open)."""
+    return dict(type="constant", value=0 if profile.zero_bias else BIAS[key])
 
 
 def _params(name, frozen):
@@ -112,7 +120,7 @@ def _params(name, frozen):
 def _conv(bottom, base, profile, key, kernel, frozen, stride=1, pad=0, group=1, tag="pair"):
     kw = dict(num_output=getattr(profile, key), kernel_size=kernel,
               weight_filler=weight_filler(profile, key, tag),
-              bias_filler=dict(type="constant", value=BIAS[key]))
+              bias_filler=bias_filler(profile, key))
     if stride != 1:
         kw["stride"] = stride
     if pad:
@@ -125,7 +133,7 @@ def _conv(bottom, base, profile, key, kernel, frozen, stride=1, pad=0, group=1, 
 def _fc(bottom, base, profile, key, frozen, width=None):
     return L.InnerProduct(bottom, param=_params(base, frozen), num_output=width or getattr(profile, key),
                           weight_filler=weight_filler(profile, key),
-                          bias_filler=dict(type="constant", value=BIAS[key]))
+                          bias_filler=bias_filler(profile, key))
 
 
 def _python(bottoms, module, layer, params, **kw):
@@ -191,11 +199,12 @@ def l2_normalize(n, bottom, out):
 
 def data_layer(n, sources, triplets, batch, profile, seed, d=""):
     """The TripletDataLayer; `sources`/`triplets` are paths or lists of paths."""
+    params = dict(source=sources, triplets=triplets, batch_size=batch, input_size=profile.input_size,
+                  mirror=True, shuffle=True, seed=seed)
+    if profile.shift:
+        params["shift"] = profile.shift
     tops = L.Python(ntop=3, python_param=dict(
-        module="layers.triplet_data", layer="TripletDataLayer",
-        param_str=json.dumps(dict(source=sources, triplets=triplets, batch_size=batch,
-                                  input_size=profile.input_size, mirror=True, shuffle=True, seed=seed),
-                             sort_keys=True)))
+        module="layers.triplet_data", layer="TripletDataLayer", param_str=json.dumps(params, sort_keys=True)))
     for name, t in zip(DATA_TOPS, tops):
         setattr(n, name + d, t)
     return tops

@@ -43,6 +43,7 @@ def test_split_names():
     class Facts:
         name, testsets = "X", None
     assert protocol.split_names(Facts, "paper") == ["paper"]
+    assert protocol.split_names(Facts, "val") == ["val"]
     assert protocol.split_names(Facts, "random") == [f"random{k}" for k in range(10)]
     assert protocol.split_names(Facts, "random", num_splits=3) == ["random0", "random1", "random2"]
     assert protocol.split_names(Facts, "random7") == ["random7"]
@@ -67,6 +68,23 @@ def test_viper_paper_split_uses_the_recorded_stems():
     want = {pid: (f"cam_a/{a}.bmp", f"cam_b/{b}.bmp") for pid, a, b in paper_split("viper_test.json")["rows"]}
     assert got == want
     check_partition(s, ds.person_ids())
+
+
+@pytest.mark.skipif(not os.path.isdir(VIPER), reason=f"real VIPeR not at {VIPER}")
+def test_viper_val_split_never_touches_the_paper_test_identities():
+    """`val` (for tuning) holds out training identities; the paper's test ids are not even imaged."""
+    ds = read_dataset("viper")
+    paper = protocol.make_split(ds, "paper", 1701)
+    s, images = split_of(ds, "val", num_test=100)
+    assert len(s["test"]) == 100 and len(s["train"]) == 216
+    check_partition(s, paper["train"])
+    assert not {im["person_id"] for im in images} & set(paper["test"])
+    assert "left out" in s["rule"]
+    assert split_of(ds, "val", num_test=100)[0]["test"] == s["test"]              # seeded
+    assert split_of(ds, "val", seed=7, num_test=100)[0]["test"] != s["test"]
+    assert len(protocol.make_split(ds, "val", 1701)["test"]) == 316 // 3           # default: a third
+    with pytest.raises(MtdnetError, match="too few"):
+        protocol.make_split(ds, "val", 1701, num_test=315)
 
 
 def test_viper_paper_split_checks_the_stems(tmp_path):
@@ -118,7 +136,7 @@ def test_cuhk03_gallery_is_first_camera_b_image(cuhk03):
     assert [name[i] for i in e["gallery"]] == ["cuhk-03.mat:labeled{1}(1,06)"]
     assert len(e["gallery_all"]) == 5
     assert protocol.make_split(cuhk03, "testsets19", 1)["test"] == [1020, 2024, 3007]
-    with pytest.raises(MtdnetError, match="--num-test applies to random splits"):
+    with pytest.raises(MtdnetError, match="--num-test applies to random and val splits"):
         protocol.make_split(cuhk03, "testsets1", 1, num_test=5)
 
 

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -165,12 +166,37 @@ def test_committed_solvers():
         assert os.path.exists(os.path.join(REPO_ROOT, s.net)), f"{path}: net {s.net} missing"
         assert s.net == f"prototxt/{prof}/{dataset}_{variant}_train.prototxt"
         assert (s.base_lr, s.max_iter) == pytest.approx(p.solver_settings(dataset))
-        assert s.lr_policy == "fixed" and s.type == "SGD"
+        assert s.type == "SGD"
+        if p.lr_steps:
+            assert s.lr_policy == "multistep" and s.gamma == pytest.approx(p.lr_gamma)
+            assert list(s.stepvalue) == [round(f * s.max_iter) for f in p.lr_steps]
+        else:
+            assert s.lr_policy == "fixed" and not s.stepvalue
         assert s.momentum == pytest.approx(p.momentum) and s.weight_decay == pytest.approx(p.weight_decay)
         assert s.random_seed == p.seed
         assert s.solver_mode == caffe_pb2.SolverParameter.CPU
         assert s.snapshot == p.snapshot
         assert s.snapshot_prefix == f"runs/{dataset}-{variant}-{prof}/snapshots/{dataset}_{variant}"
+
+
+def test_lr_steps_follow_iters():
+    stepped = dataclasses.replace(get_profile("tiny"), name="stepped", lr_steps=(0.5, 0.75), lr_gamma=0.2)
+    with mock.patch.dict(PROFILES, stepped=stepped):
+        for iters, want in ((None, [150, 225]), (2000, [1000, 1500])):
+            s = caffe_pb2.SolverParameter()
+            text_format.Merge(generate.solver_text("viper", "mtdnet", "stepped", iters=iters), s)
+            assert s.lr_policy == "multistep" and list(s.stepvalue) == want and s.gamma == pytest.approx(0.2)
+        with pytest.raises(MtdnetError, match="ITERS must be >= 1"):
+            generate.solver_text("viper", "mtdnet", "stepped", iters=0)
+
+
+def test_profile_shift_reaches_the_data_layer(tmp_path):
+    shifted = dataclasses.replace(get_profile("tiny"), name="shifted", shift=3)
+    with mock.patch.dict(PROFILES, shifted=shifted):
+        for prof, want in (("tiny", None), ("shifted", 3)):
+            path = tmp_path / f"{prof}.prototxt"
+            path.write_text(generate.train_net_text("viper", "mtdnet", prof))
+            assert json.loads(layer(read_net(str(path)), "data_a").python_param.param_str).get("shift") == want
 
 
 def test_paper_solver_numbers_are_the_authors():
@@ -460,7 +486,7 @@ def test_files_for():
     (["--profile", "huge"], "unknown profile 'huge'; valid: paper, cpu, tiny"),
     (["--dataset", "market1501"], "unknown dataset 'market1501'; valid: synthetic, viper, cuhk01, cuhk03, ilids, prid2011"),
     (["--variant", "siamese"], "unknown variant 'siamese'; valid: mtdnet, cls, rnk, trp, aug, cross"),
-    (["--split", "half"], "unknown split 'half'; valid: paper, random<k>, testsets<k>"),
+    (["--split", "half"], "unknown split 'half'; valid: paper, val, random<k>, testsets<k>"),
     (["--split", "random"], "unknown split 'random'"),  # a family of splits, not one directory
     (["--dataset", "cuhk03", "--variant", "cross"], "variant 'cross' needs a target dataset other than cuhk03"),
     (["--batch", "0"], "batch must be >= 1"),

@@ -322,6 +322,29 @@ def test_data_layer_mixes_a_list_of_sources(tmp_path):
     assert len(trips) == 11 and trips[5:].min() >= 5  # the second source's indices are offset
 
 
+def test_data_layer_shift_translates_with_edge_replication(tmp_path):
+    """shift: every image is some (dy, dx) translation in [-s, s]^2 of its source, borders replicated."""
+    imgs, db, trip = _source(tmp_path, "target", 4, 7, 0)
+    s = 2
+    net = _data_net(tmp_path, dict(source=db, triplets=trip, batch_size=4, mirror=False, shuffle=False,
+                                   shift=s, seed=5))
+    padded = np.pad(imgs, ((0, 0), (0, 0), (s, s), (s, s)), mode="edge")
+    moved = 0
+    for _ in range(3):
+        net.forward()
+        for top, col in (("data_a", 0), ("data_p", 1), ("data_n", 2)):
+            for got, i in zip(net.blobs[top].data.astype(np.uint8), np.load(trip)[:, col]):
+                hits = [(dy, dx) for dy in range(2 * s + 1) for dx in range(2 * s + 1)
+                        if np.array_equal(got, padded[i, :, dy:dy + 7, dx:dx + 7])]
+                assert hits, "not a translation of its source image"
+                moved += (s, s) not in hits
+    assert moved > 20        # 36 images; almost all moved (1/25 stay put)
+    with pytest.raises((ValueError, LayerParamError), match="shift 7 must be smaller"):
+        _data_net(tmp_path, dict(source=db, triplets=trip, batch_size=4, shift=7))
+    with pytest.raises(LayerParamError, match="must be >= 0"):
+        _data_net(tmp_path, dict(source=db, triplets=trip, batch_size=4, shift=-1))
+
+
 @pytest.mark.parametrize("params,msg", [
     (dict(input_size=9), "images are 7x7, the net expects 9x9"),
     (dict(source="LIST", triplets="ONE"), "both be paths or both be lists"),

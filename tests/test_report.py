@@ -90,6 +90,8 @@ def test_build_report_writes_table_curves_and_best_ranked_gallery(tmp_path):
     write_run(runs, "viper-mtdnet-cpu", result("viper", "mtdnet", ranks=(2, 2, 2, 2)), (200, 0, 0))
     best = write_run(runs, "viper-cls-cpu", result("viper", "cls", ranks=(1, 1, 1, 2)), (0, 0, 200))
     write_run(runs, "synthetic-rnk-tiny", result("synthetic", "rnk", "random", trials=3), (0, 200, 0))
+    # A tuning result (held-out training identities) is no test number: left out.
+    write_run(runs, "viper-cls-cpu-val", result("viper", "cls", ranks=(1, 1, 1, 1), split="val"), (9, 9, 9))
     md, written = R.build_report(runs)
     names = sorted(os.path.basename(p) for p in written)
     assert names == ["report.md", "report_cmc.png", "report_ranked_synthetic.png", "report_ranked_viper.png"]

@@ -31,7 +31,7 @@ def main(argv=None):
     ap.add_argument("--variant", default="mtdnet", help=f"one of {', '.join(VARIANTS)}")
     ap.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
     ap.add_argument("--split", default="paper",
-                    help="paper, random<k>, or random = every random<k> run present (and their mean)")
+                    help="paper, val, random<k>, or random = every random<k> run present (and their mean)")
     ap.add_argument("--splits", help="comma-separated random<k> splits to evaluate and average")
     ap.add_argument("--combine-only", action="store_true",
                     help="with --splits/--split random: average the splits' existing results, score nothing")

@@ -23,7 +23,7 @@ def main():
     ap.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(DATASETS)}")
     ap.add_argument("--variant", default="mtdnet", help=f"one of {', '.join(v for v in VARIANTS if v != 'trp')}")
     ap.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
-    ap.add_argument("--split", default="paper", help="paper or random<k>")
+    ap.add_argument("--split", default="paper", help="paper, val (tuning: held-out training identities) or random<k>")
     ap.add_argument("--source-split", default="paper", help="the CUHK03 split aug / cross read (default paper)")
     ap.add_argument("--iters", type=int, help="max_iter (default: the profile's for this dataset)")
     ap.add_argument("--weights", help="an ImageNet CaffeNet/AlexNet caffemodel (conv1/conv2 are copied) "
