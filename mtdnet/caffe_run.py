@@ -5,7 +5,8 @@ hand; this module only watches Caffe's log. Caffe runs in its own process
 group so that a terminal Ctrl-C reaches only us: the embedded Python of our
 layers would otherwise turn SIGINT into a KeyboardInterrupt inside a layer and
 abort Caffe without a snapshot. We forward it as SIGHUP with
-`-sighup_effect stop`, which makes Caffe snapshot and exit cleanly.
+`-sighup_effect stop`, which makes Caffe snapshot and exit cleanly. SIGTERM
+(`kill`, a job scheduler) takes the same path, so Caffe never outlives us.
 """
 import glob
 import math
@@ -83,6 +84,7 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
         proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, start_new_session=True)
         interrupted = False
+        old_term = _term_as_interrupt()
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -112,6 +114,8 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
             for line in proc.stdout:
                 log.write(line)
         finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
             if bar is not None:
                 bar.close()
             rc = proc.wait()
@@ -125,6 +129,18 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
                           + _tail(log_path))
     final = latest_snapshot(snapshot_prefix, "caffemodel")
     return snapshot_iter(final) if final else it
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _term_as_interrupt():
+    """SIGTERM -> KeyboardInterrupt while Caffe runs; returns the old handler (None off the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:
+        return None
 
 
 def _to_float(s):

@@ -67,20 +67,24 @@ def test_train_runs_to_max_iter_and_resumes_after_a_kill(toy_run):
     assert caffe_run.train(s2, log, target, prefix, progress=False) == target
 
 
-def test_ctrl_c_stops_with_a_snapshot(toy_run):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_with_a_snapshot(toy_run, sig):
+    """Ctrl-C or kill: Caffe snapshots and stops, and does not outlive the driver."""
     tmp, solver = toy_run
     prefix = str(tmp / "snaps" / "toy")
     log = str(tmp / "train.log")
     big = 10 ** 7
     p = _driver(solver(big, snapshot=0), log, big, prefix)
     assert wait_for(lambda: os.path.exists(log) and "Iteration 5," in open(log).read(), 120)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 1, err
     assert "interrupted at iteration" in err and "resume" in err
     snap = caffe_run.latest_snapshot(prefix)
     assert snap is not None and caffe_run.snapshot_iter(snap) >= 5
     assert "Optimization stopped early" in open(log).read()
+    left = subprocess.run(["pgrep", "-f", str(tmp)], capture_output=True, text=True).stdout.split()
+    assert not left, f"caffe still running: {left}"
 
 
 def test_nan_loss_stops_with_a_clear_message(toy_run):
