@@ -84,6 +84,19 @@ PROFILES = {
         conv1=24, conv2=64, conv3=96, conv4=96, conv5=64, fc6=1024, fc7=1024,
         feat=128, batch_triplets=128, max_iter=5000, max_iter_cuhk03=50000,
         input_scale=1 / 256, weight_filler="msra"),
+    # scratch: cpu's net, tuned for training from scratch on a small set within 45
+    # minutes on 2 cores (issue 7; docs/viper_scratch.md). Chosen on VIPeR's `val`
+    # split only (100 of the paper split's training identities held out, 216 trained
+    # on): with CaffeNet's bias constants (1 before most ReLUs) and He weights every
+    # ReLU starts open and the pair classifier stays at chance for ~1400 iterations;
+    # zero biases let it learn within ~300, and lr 0.003 (x3) speeds both losses
+    # (val rank-1 at 500 iterations, pair score / triplet feature: cpu 1 / 17,
+    # zero biases 7 / 21, zero biases + lr 0.003 10 / 24).
+    "scratch": Profile(
+        name="scratch", input_size=127,
+        conv1=24, conv2=64, conv3=96, conv4=96, conv5=64, fc6=1024, fc7=1024,
+        feat=128, batch_triplets=128, base_lr=0.003, max_iter=1600, max_iter_cuhk03=50000,
+        input_scale=1 / 256, weight_filler="msra", zero_bias=True),
     # Tests: norm2 3x3, pool5 1x1; the paper's lr, 16 triplets, fc6/fc7 128. From
     # scratch, the authors' raw 0..255 input with Gaussian fillers never learns here
     # (triplet loss pinned at margin/2 = 0.5, the classifier at chance, at any lr we

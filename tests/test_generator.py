@@ -154,7 +154,7 @@ def test_committed_nets_parse_and_use_only_bvlc_layers():
         names = [x.name for x in net.layer]
         assert len(names) == len(set(names)), f"{path}: duplicate layer names"
         count += 1
-    assert count == 3 * 31
+    assert count == len(PROFILES) * 31
 
 
 def test_committed_solvers():
@@ -197,6 +197,16 @@ def test_profile_shift_reaches_the_data_layer(tmp_path):
             path = tmp_path / f"{prof}.prototxt"
             path.write_text(generate.train_net_text("viper", "mtdnet", prof))
             assert json.loads(layer(read_net(str(path)), "data_a").python_param.param_str).get("shift") == want
+
+
+def test_scratch_profile_starts_every_bias_at_zero():
+    """The from-scratch profile's one change to the net: He weights and zero biases (cpu: CaffeNet's 1s)."""
+    for prof, biases in (("scratch", {0.0}), ("cpu", {0.0, 1.0, 0.1})):
+        net = read_net(os.path.join(REPO_ROOT, f"prototxt/{prof}/viper_mtdnet_train.prototxt"))
+        params = [getattr(l, f) for l in net.layer
+                  for f in ("convolution_param", "inner_product_param") if l.HasField(f)]
+        assert {round(p.bias_filler.value, 6) for p in params} == biases
+        assert {p.weight_filler.type for p in params} == {"msra"}
 
 
 def test_paper_solver_numbers_are_the_authors():
