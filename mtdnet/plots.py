@@ -38,7 +38,8 @@ def _finish(fig, ax, path, xlabel, ylabel, title, legend_loc):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    if title is not None:
+        ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc=legend_loc, fontsize=9)
     fig.tight_layout()
@@ -207,6 +208,33 @@ def plot_loss_curve(log, path, *, title="training loss"):
         ax.axvline(bad[0], color="red", linewidth=1.5,
                    label=f"loss is NaN/inf from iteration {bad[0]}")
     return _finish(fig, ax, path, "iteration", "loss", title, "best")
+
+
+def plot_output_comparison(logs, outputs, path, *, title="training"):
+    """One panel per train-net output (e.g. accuracy, cls_loss), one line per run.
+
+    logs: {name: Caffe log path or parsed log}; outputs: output names. Shows
+    how different settings train (here: when the pair classifier starts to learn).
+    """
+    items = [(name, read_caffe_log(log) if isinstance(log, (str, os.PathLike)) else log)
+             for name, log in (logs.items() if isinstance(logs, dict) else logs)]
+    if not items or not outputs:
+        raise MtdnetError("plot_output_comparison: need at least one log and one output")
+    for name, parsed in items:
+        lacking = [o for o in outputs if o not in parsed["outputs"]]
+        if lacking:
+            raise MtdnetError(f"plot_output_comparison: run '{name}' has no train-net output "
+                              f"{', '.join(lacking)} (it has {', '.join(sorted(parsed['outputs'])) or 'none'})")
+    fig = _figure((LOSS_SIZE[0], LOSS_SIZE[1] * len(outputs) // 2 + 100))
+    axes = fig.subplots(len(outputs), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, out in zip(axes, outputs):
+        for name, parsed in items:
+            xs, ys = parsed["outputs"][out]
+            ax.plot(xs, ys, linewidth=1.4, label=name)
+        ax.set_ylabel(out)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_title(title)
+    return _finish(fig, axes[-1], path, "iteration", outputs[-1], None, "best")
 
 
 # ---- ranked gallery -------------------------------------------------------------

@@ -215,3 +215,31 @@ def test_ranked_gallery_bad_input(tmp_path):
         plots.ranked_gallery_rows(np.zeros((2, 2)), [1, 2], [1, 2], [None], [None, None],
                                   higher_is_better=True)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_output_comparison_plot_and_cli(tmp_path):
+    """One panel per output, one coloured line per run; a missing output names the run."""
+    import subprocess
+    import sys
+    from mtdnet import REPO_ROOT
+    second = LOG_SNIPPET.split("Solver scaffolding done.")[2]
+    for name, text in (("a", LOG_SNIPPET), ("b", second)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.log").write_text(text)
+    out = tmp_path / "cmp.png"
+    p = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "compare_runs.py"), "--train", str(out),
+                        "--outputs", "cls_loss,rnk_loss", str(tmp_path / "a"), str(tmp_path / "b")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    w, h = png_size(out)
+    assert w == plots.LOSS_SIZE[0] and h == plots.LOSS_SIZE[1] + 100    # two panels
+    px = pixels(out)
+    blue = ((px[..., 2] > 150) & (px[..., 0] < 80)).sum()                  # matplotlib's C0, C1
+    orange = ((px[..., 0] > 200) & (px[..., 1] > 100) & (px[..., 1] < 160) & (px[..., 2] < 60)).sum()
+    assert blue > 100 and orange > 100
+    with pytest.raises(MtdnetError, match="run 'b' has no train-net output accuracy"):
+        plots.plot_output_comparison({"b": plots.parse_caffe_log(second)}, ["accuracy"], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+    p = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "compare_runs.py"), str(tmp_path / "a")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "give --cmc and/or --train" in p.stderr
