@@ -493,7 +493,7 @@ def test_files_for():
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--profile", "huge"], "unknown profile 'huge'; valid: paper, cpu, tiny"),
+    (["--profile", "huge"], "unknown profile 'huge'; valid: paper, cpu, scratch, tiny"),
     (["--dataset", "market1501"], "unknown dataset 'market1501'; valid: synthetic, viper, cuhk01, cuhk03, ilids, prid2011"),
     (["--variant", "siamese"], "unknown variant 'siamese'; valid: mtdnet, cls, rnk, trp, aug, cross"),
     (["--split", "half"], "unknown split 'half'; valid: paper, val, random<k>, testsets<k>"),
