@@ -197,6 +197,14 @@ def test_profile_shift_reaches_the_data_layer(tmp_path):
             path = tmp_path / f"{prof}.prototxt"
             path.write_text(generate.train_net_text("viper", "mtdnet", prof))
             assert json.loads(layer(read_net(str(path)), "data_a").python_param.param_str).get("shift") == want
+    small = dataclasses.replace(get_profile("tiny"), name="small", fc8_std=0.01)
+    with mock.patch.dict(PROFILES, small=small):
+        path = tmp_path / "small.prototxt"
+        path.write_text(generate.train_net_text("viper", "mtdnet", "small"))
+        net = read_net(str(path))
+        f = layer(net, "fc8_pair").inner_product_param.weight_filler
+        assert (f.type, f.std) == ("gaussian", pytest.approx(0.01))
+        assert layer(net, "fc7_pair").inner_product_param.weight_filler.type == "msra"
 
 
 def test_scratch_profile_starts_every_bias_at_zero():
