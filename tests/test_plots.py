@@ -2,12 +2,14 @@
 ranked galleries; sizes, content and the log parser's numbers."""
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mtdnet import MtdnetError
+from mtdnet import REPO_ROOT, MtdnetError
 from mtdnet import evaluation as E
 from mtdnet import plots
 from tests.helpers import run_caffe
@@ -219,9 +221,6 @@ def test_ranked_gallery_bad_input(tmp_path):
 
 def test_output_comparison_plot_and_cli(tmp_path):
     """One panel per output, one coloured line per run; a missing output names the run."""
-    import subprocess
-    import sys
-    from mtdnet import REPO_ROOT
     second = LOG_SNIPPET.split("Solver scaffolding done.")[2]
     for name, text in (("a", LOG_SNIPPET), ("b", second)):
         (tmp_path / name).mkdir()
