@@ -1,8 +1,8 @@
 """`make data`: read a dataset, split it, resize every image into one LMDB, make triplets.
 
 Output (the prepared-data contract), one directory per dataset/profile/split,
-data/<dataset>-<profile>-<split>/ (CUHK03's detected images: <dataset> =
-cuhk03detected):
+data/<dataset>-<profile>-<split>/ (spec.runs.DataSpec names it; CUHK03's
+detected images: <dataset> = cuhk03detected):
   images.lmdb/        one Caffe Datum per image (3 x S x S uint8 BGR), key %08d
   train_triplets.npy  int32 (T, 3) image indices (anchor, positive, negative)
   images.json         one record per LMDB index
@@ -13,6 +13,7 @@ directory whose manifest has the same key (inputs, profile, split, seed, code
 version) is left alone. The splits of one dataset and profile hold the same
 images in the same order, so they share one LMDB file (a hard link).
 """
+import dataclasses
 import glob
 import hashlib
 import json
@@ -24,11 +25,10 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from mtdnet import MtdnetError, REPO_ROOT
-from mtdnet.fsutil import atomic_dir, atomic_write_json, read_json
-from mtdnet.profiles import check_dataset, get_profile
-from data_prep import imagedb, protocol, synthetic
-from data_prep.datasets import default_root, read_dataset
+from spec import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
+from spec.fsutil import atomic_dir, atomic_write_json, read_json
+from data_prep import imagedb, splitting
+from data_prep.datasets import default_root, get_reader, read_dataset
 from data_prep.records import SPLITS_DIR, load_image, remove_stale_partials, resize_chw
 from data_prep.triplets import make_triplets
 
@@ -38,18 +38,16 @@ MIRRORING = ("not stored: the training data layer mirrors each image horizontall
 FILES = ("images.lmdb/data.mdb", "train_triplets.npy", "images.json", "split.json", "manifest.json")
 
 
-def default_out_dir():
-    return os.path.join(REPO_ROOT, "data")
+@dataclasses.dataclass(frozen=True)
+class SplitOptions:
+    """How the identities are divided, beyond the split's name."""
+    seed: int = None          # default: the profile's
+    num_splits: int = 10      # how many random<k> 'random' stands for
+    num_test: int = None      # random / val: test identities (default: the protocol's)
+    num_val: int = None       # validation identities (default: the protocol's)
 
-
-def dataset_tag(dataset, options):
-    return dataset + ("detected" if options.get("images") == "detected" else "")
-
-
-def prepared_dir(dataset, profile, split, out_dir=None, options=None):
-    """Where `make data` puts dataset/profile/split (split: paper, random<k>, testsets<k>)."""
-    return os.path.join(out_dir or default_out_dir(),
-                        f"{dataset_tag(dataset, options or {})}-{profile}-{split}")
+    def key(self):
+        return {"num_test": self.num_test, "num_val": self.num_val}
 
 
 def _sha(obj):
@@ -80,10 +78,13 @@ def _up_to_date(out, key):
     return m if m.get("key") == key else None
 
 
-def _shared_lmdb(out, lmdb_key):
+def _shared_lmdb(data, lmdb_key):
     """An LMDB with exactly these images built for a sibling split (same dataset and profile)."""
-    prefix = os.path.basename(out).rsplit("-", 1)[0] + "-"
-    for m in sorted(glob.glob(os.path.join(os.path.dirname(out), prefix + "*", "manifest.json"))):
+    out = data.dir
+    sibling = DataSpec(data.dataset, data.profile, Split("paper"), data.project)
+    prefix = sibling.name[:-len("paper")]
+    for m in sorted(glob.glob(os.path.join(glob.escape(os.path.dirname(out)), glob.escape(prefix) + "*",
+                                           "manifest.json"))):
         if os.path.dirname(m) == out:
             continue
         try:
@@ -112,13 +113,14 @@ def _write_lmdb(lmdb_dir, recs, images, size, desc, progress, map_size):
     return n, nbytes, time.perf_counter() - t0
 
 
-def build_split(ds, name, out, prof, seed, fp, key, num_test=None, num_val=None,
-                progress=True, log=print, map_size=None, argv=None, share=True):
+def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_size=None, argv=None,
+                share=True):
+    """Build one prepared-data directory (data: a DataSpec) from the read dataset `ds`."""
     t0 = time.perf_counter()
-    facts = ds.facts
-    split = protocol.make_split(ds, name, seed, num_test, num_val)
-    recs, images = protocol.select_images(ds, split)
-    split["eval"] = protocol.eval_sets(split, images)
+    facts, prof, out, name = ds.facts, data.profile, data.dir, data.split.name
+    split = splitting.make_split(ds, data.split, seed, opts.num_test, opts.num_val)
+    recs, images = splitting.select_images(ds, split)
+    split["eval"] = splitting.eval_sets(split, images)
     triplets, n_pairs = make_triplets(images, split["train"], prof.triplets_per_pair, seed,
                                       facts.cameras_known)
     lmdb_key = _sha([DATA_VERSION, fp["sha256"], prof.input_size,
@@ -128,7 +130,7 @@ def build_split(ds, name, out, prof, seed, fp, key, num_test=None, num_val=None,
     try:
         with atomic_dir(out) as tmp:
             lmdb_dir = os.path.join(tmp, "images.lmdb")
-            shared, rate, lmdb_written = share and _shared_lmdb(out, lmdb_key), None, 0
+            shared, rate, lmdb_written = share and _shared_lmdb(data, lmdb_key), None, 0
             if shared:
                 try:
                     os.makedirs(lmdb_dir)
@@ -192,20 +194,22 @@ def summary_line(out, m):
             f"(LMDB {b['per_image'] / 1e3:.1f} kB/image), {speed} -> {out}")
 
 
-def prepare(dataset="synthetic", root=None, profile="cpu", split="paper", out_dir=None,
-            num_splits=10, seed=None, num_test=None, num_val=None, options=None, force=False,
+def prepare(dataset, profile, split, opts=SplitOptions(), *, project=None, root=None, force=False,
             progress=True, log=print, map_size=None, synthetic_params=None, argv=None):
-    """Build the split directories `split` stands for. Returns their manifests."""
-    check_dataset(dataset)
-    prof = get_profile(profile)
-    seed = prof.seed if seed is None else int(seed)
-    options = dict(options or {})
-    out_dir = os.path.abspath(out_dir or default_out_dir())
-    if dataset == "synthetic":
-        root = root or default_root("synthetic")
-        synthetic.ensure(root, progress=progress, log=log, **(synthetic_params or {}))
-    ds = read_dataset(dataset, root, **options)
-    names = protocol.split_names(ds.facts, split, num_splits)
+    """Build the prepared-data directories `split` stands for ('random': every random<k>).
+
+    dataset / profile / split: values or names (spec); root: the raw data (default:
+    the registry's folder). Returns their manifests.
+    """
+    dataset, prof, split = get_dataset(dataset), get_profile(profile), Split.parse(split)
+    project = project or Project()
+    seed = prof.seed if opts.seed is None else int(opts.seed)
+    root = root or default_root(dataset, project)
+    reader = get_reader(dataset)
+    if hasattr(reader, "ensure"):     # a generated dataset: draw it first
+        reader.ensure(root, progress=progress, log=log, **(synthetic_params or {}))
+    ds = read_dataset(dataset, root)
+    names = splitting.split_names(ds.facts, split, opts.num_splits)
     fp = fingerprint(ds.facts.inputs, ds.facts.root)
     recorded = os.path.join(SPLITS_DIR, ds.facts.paper_source)
     if os.path.isfile(recorded):   # an edited recorded split is a changed input too
@@ -213,10 +217,11 @@ def prepare(dataset="synthetic", root=None, profile="cpu", split="paper", out_di
             fp["recorded_split"] = [os.path.relpath(recorded, REPO_ROOT),
                                     hashlib.sha256(f.read()).hexdigest()]
     results = []
-    for name in names:
-        out = prepared_dir(dataset, profile, name, out_dir, options)
-        key = _sha({"version": DATA_VERSION, "dataset": dataset, "options": options, "split": name,
-                    "seed": seed, "num_test": num_test, "num_val": num_val,
+    for s in names:
+        data = DataSpec(dataset, prof, s, project)
+        out = data.dir
+        key = _sha({"version": DATA_VERSION, "dataset": dataset.key, "options": dataset.option_dict,
+                    "split": s.name, "seed": seed, **opts.key(),
                     "input_size": prof.input_size, "triplets_per_pair": prof.triplets_per_pair,
                     "inputs": fp["sha256"], "root": fp["root"], "recorded": fp.get("recorded_split")})
         have = None if force else _up_to_date(out, key)
@@ -226,7 +231,6 @@ def prepare(dataset="synthetic", root=None, profile="cpu", split="paper", out_di
             results.append(dict(have, status="up to date"))
             continue
         # --force rebuilds the LMDB too (no hard link to a sibling's, which may be the suspect)
-        m = build_split(ds, name, out, prof, seed, fp, key, num_test, num_val, progress, log,
-                        map_size, argv, share=not force)
+        m = build_split(ds, data, seed, fp, key, opts, progress, log, map_size, argv, share=not force)
         results.append(dict(m, status="built"))
     return results

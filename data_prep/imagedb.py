@@ -12,8 +12,8 @@ import os
 import lmdb
 import numpy as np
 
-from mtdnet import MtdnetError
-from mtdnet.fsutil import atomic_dir
+from spec import MtdnetError
+from spec.fsutil import atomic_dir
 
 
 def _caffe_pb2():

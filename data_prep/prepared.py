@@ -2,8 +2,8 @@
 import os
 from typing import NamedTuple
 
-from mtdnet import MtdnetError
-from mtdnet.fsutil import read_json
+from spec import MtdnetError
+from spec.fsutil import read_json
 
 
 class Prepared(NamedTuple):
@@ -15,9 +15,12 @@ class Prepared(NamedTuple):
     triplets: str      # train_triplets.npy
 
 
-def load_prepared(d):
+def load_prepared(data):
+    """A prepared-data directory; `data` is a spec.DataSpec (named in errors) or a path."""
+    d = getattr(data, "dir", data)
+    make = data.make_command() if hasattr(data, "make_command") else "make data (DATASET, PROFILE, SPLIT)"
     if not os.path.isdir(d):
-        raise MtdnetError(f"{d}: no prepared data here; run `make data` (DATASET, PROFILE, SPLIT)")
+        raise MtdnetError(f"{d}: no prepared data here; run `{make}`")
     lmdb = os.path.join(d, "images.lmdb")
     triplets = os.path.join(d, "train_triplets.npy")
     for p in (os.path.join(lmdb, "data.mdb"), triplets):

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from mtdnet import MtdnetError, REPO_ROOT
+from spec import MtdnetError
 
 PROBE_CAMERA = 0      # camera A: the probes of a test identity
 GALLERY_CAMERA = 1    # camera B: the gallery
@@ -32,7 +32,6 @@ class Record(NamedTuple):
 
 @dataclasses.dataclass
 class Facts:
-    key: str                  # registry name, e.g. "viper"
     name: str                 # the dataset's own name, e.g. "VIPeR"
     root: str
     n_train: int              # protocol sizes (identities) of the paper
@@ -52,6 +51,7 @@ class Facts:
     inputs: list = None            # files whose (size, mtime) define "the inputs"
     options: dict = dataclasses.field(default_factory=dict)
     notes: list = dataclasses.field(default_factory=list)
+    key: str = ""                  # registry name, set by data_prep.datasets.read_dataset
 
 
 @dataclasses.dataclass
@@ -71,11 +71,6 @@ def paper_split(filename):
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise MtdnetError(f"{path}: cannot read the recorded paper split ({e})")
-
-
-def default_root(dirname):
-    """../shared/datasets/<dirname> beside the repository (overridable by DATA_ROOT)."""
-    return os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datasets", dirname))
 
 
 def require_dir(path, what):

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from mtdnet import MtdnetError
-from mtdnet.fsutil import atomic_dir, atomic_write_json, read_json
+from spec import MtdnetError
+from spec.fsutil import atomic_dir, atomic_write_json, read_json
 from data_prep.records import remove_stale_partials
 
 VERSION = 1

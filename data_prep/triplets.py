@@ -11,7 +11,7 @@ training time (the paper's "fourfold": each image of a pair original or mirrored
 """
 import numpy as np
 
-from mtdnet import MtdnetError
+from spec import MtdnetError
 
 
 def positive_pairs(images, train_ids, cameras_known=True):

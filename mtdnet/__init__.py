@@ -1,11 +1,5 @@
-"""MTDnet reproduction: shared library code (profiles, file helpers, evaluation, training).
+"""MTDnet reproduction, the top layer: training, scoring, evaluation, report, bench.
 
-Entry points live in tools/ and call into here, data_prep/ and prototxt/.
+Entry points live in tools/ and call into here; this package builds on spec/
+(the vocabulary), data_prep/, layers/ and prototxt/ (see spec/__init__.py).
 """
-import os
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class MtdnetError(Exception):
-    """A user-facing error: the message names the file and what is wrong."""

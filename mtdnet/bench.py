@@ -32,7 +32,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -41,8 +40,20 @@ import time
 
 import numpy as np
 
-from mtdnet import REPO_ROOT, MtdnetError
-from mtdnet.fsutil import atomic_write_json
+import caffe
+from caffe.proto import caffe_pb2
+from google.protobuf import text_format
+from tqdm import tqdm
+
+from data_prep import synthetic
+from data_prep.build import prepare
+from layers.triplet_data import TripletBatcher, open_sources
+from mtdnet import caffe_run, cmc, scoring
+from mtdnet.caffelog import caffe_time_ms, iteration_times
+from prototxt import generate, weights
+from spec import REPO_ROOT, MtdnetError, Project, Run, get_profile
+from spec.fsutil import atomic_write_json
+from mtdnet.cli import cli_main
 
 PARTS = ("scoring", "memory", "train", "prep", "cmc")
 DEFAULT_OUT = os.path.join(REPO_ROOT, "bench", "results.json")
@@ -121,10 +132,6 @@ def pair_net(profile, seed):
     is rescaled so that its logit difference has mean 0 and std 1 over random
     pairs, and the scores spread over (0, 1).
     """
-    from mtdnet import scoring
-    from mtdnet.profiles import get_profile
-    from prototxt import generate
-    caffe = scoring._caffe()
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
         f.write(generate.deploy_text("pair_score", profile))
         f.flush()
@@ -133,7 +140,7 @@ def pair_net(profile, seed):
     random_weights(net, seed, prof.input_scale)
     last = list(net.params)[-1]
     imgs = random_images(32, prof.input_size, seed + 1)
-    scoring._set_batch(net, ("data_1", "data_2"), 16)
+    scoring.set_batch(net, ("data_1", "data_2"), 16)
     net.blobs["data_1"].data[...], net.blobs["data_2"].data[...] = imgs[:16], imgs[16:]
     net.forward()
     logits = net.blobs[net.top_names[last][0]].data
@@ -156,9 +163,8 @@ def pair_macs(net):
     trunk: conv1..conv2 of one stream; conv3: conv3_pair (= both halves of one
     image, stacked); head: conv4_pair..fc8_pair; full: one whole-net pass.
     """
-    from mtdnet.scoring import CONV3, TRUNK_END
     names = list(net._layer_names)
-    end, c3 = names.index(TRUNK_END[0]), names.index(CONV3)
+    end, c3 = names.index(scoring.TRUNK_END[0]), names.index(scoring.CONV3)
     parts = dict(trunk=0, conv3=0, head=0, full=0)
     for name, params in net.params.items():
         i = names.index(name)
@@ -191,7 +197,6 @@ class _Bar:
 
 
 def _tqdm(total, desc, unit="pair"):
-    from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
 
 
@@ -208,8 +213,6 @@ def measure_scoring(profile, probes, gallery, seed, fast_runs=5):
     gives both sides the same chances. The naive chunks are shorter than a fast
     run, which if anything favours the naive side.
     """
-    from mtdnet import scoring
-    from mtdnet.profiles import get_profile
     net = pair_net(profile, seed)
     size = get_profile(profile).input_size
     imgs = random_images(probes + gallery, size, seed)
@@ -254,8 +257,6 @@ def measure_scoring(profile, probes, gallery, seed, fast_runs=5):
 
 def measure_memory(profile, probes, gallery, budget_mb, pair_batches, seed):
     """Peak RSS of the fast scorer on probes x gallery random images, `budget_mb` of cache."""
-    from mtdnet import scoring
-    from mtdnet.profiles import get_profile
     net = pair_net(profile, seed)
     halves = scoring.Conv3Halves(net)
     rss_net = peak_rss_mb()
@@ -281,41 +282,10 @@ def measure_memory(profile, probes, gallery, budget_mb, pair_batches, seed):
                 rss_after_net_mb=rss_net, rss_after_images_mb=rss_images, peak_rss_mb=peak_rss_mb())
 
 
-_GLOG_TIME = re.compile(r"^[IWEF](\d{4})?(\d{4}) (\d\d):(\d\d):(\d\d\.\d+)")
-_DISPLAY = re.compile(r"solver\.cpp:\d+\] Iteration (\d+), loss = ")
-
-
-def iteration_times(log_text):
-    """{iteration: seconds since the log's first timed line} of Caffe's display lines."""
-    out, first = {}, None
-    for line in log_text.splitlines():
-        m, d = _GLOG_TIME.match(line), _DISPLAY.search(line)
-        if not (m and d):
-            continue
-        year = int(m.group(1)) if m.group(1) else 2000
-        stamp = datetime.datetime(year, int(m.group(2)[:2]), int(m.group(2)[2:]), int(m.group(3)),
-                                  int(m.group(4))) + datetime.timedelta(seconds=float(m.group(5)))
-        first = first or stamp
-        out[int(d.group(1))] = (stamp - first).total_seconds()
-    return out
-
-
-def caffe_time_ms(log_text):
-    """[ms of each timed iteration] of a `caffe time` log."""
-    its = [float(x) for x in re.findall(r"Iteration: \d+ forward-backward time: ([\d.]+) ms", log_text)]
-    if not its:
-        raise MtdnetError("caffe time printed no 'forward-backward time' line:\n" + log_text[-2000:])
-    return its
-
-
 def _caffe_train_steps(net_path, tmp, name, iters, warmup, profile):
     """[seconds of each iteration after the warm-up] of `caffe train` on net_path, from Caffe's log."""
-    from google.protobuf import text_format
-    from caffe.proto import caffe_pb2
-    from mtdnet import caffe_run
-    from prototxt import generate
     solver = caffe_pb2.SolverParameter()
-    text_format.Merge(generate.solver_text("synthetic", "mtdnet", profile), solver)
+    text_format.Merge(generate.solver_text(Run.create("synthetic", "mtdnet", profile)), solver)
     solver.net = net_path
     solver.max_iter = warmup + iters + 1   # display lines at warmup .. warmup + iters
     solver.display, solver.average_loss = 1, 1
@@ -326,7 +296,8 @@ def _caffe_train_steps(net_path, tmp, name, iters, warmup, profile):
         f.write(text_format.MessageToString(solver))
     log_path = os.path.join(tmp, f"{name}.log")
     os.environ["GLOG_minloglevel"] = "0"      # the timing is read from Caffe's INFO lines
-    caffe_run.train(solver_path, log_path, solver.max_iter, solver.snapshot_prefix, resume=False)
+    caffe_run.train(solver_path, log_path, solver.max_iter, solver.snapshot_prefix, Project().caffe,
+                    resume=False, cwd=REPO_ROOT)
     with open(log_path) as f:
         log = f.read()
     # The last line (max_iter) follows a forward pass only: not a whole iteration.
@@ -339,12 +310,10 @@ def _caffe_train_steps(net_path, tmp, name, iters, warmup, profile):
 
 def _with_hdf5_data(net_param, list_file, batch):
     """The train net with its TripletDataLayer replaced by Caffe's own HDF5Data layer (same tops)."""
-    from caffe.proto import caffe_pb2
-    from prototxt.weights import DATA_MODULE
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net_param)
     for layer in out.layer:
-        if layer.type == "Python" and layer.python_param.module == DATA_MODULE:
+        if layer.type == "Python" and layer.python_param.module == weights.DATA_MODULE:
             layer.type = "HDF5Data"
             layer.ClearField("python_param")
             layer.hdf5_data_param.source = list_file
@@ -353,8 +322,7 @@ def _with_hdf5_data(net_param, list_file, batch):
 
 
 def _caffe_time_steps(model, iters):
-    from mtdnet import caffe_run
-    p = subprocess.run([caffe_run.caffe_binary(), "time", "-model", model, "-iterations", str(iters)],
+    p = subprocess.run([Project().caffe, "time", "-model", model, "-iterations", str(iters)],
                        cwd=REPO_ROOT, capture_output=True, text=True)
     if p.returncode != 0:
         raise MtdnetError(f"caffe time {model} failed (exit {p.returncode}):\n{(p.stdout + p.stderr)[-2000:]}")
@@ -372,27 +340,21 @@ def measure_train(profile, iters, warmup, seed, rounds, hdf5_batches=2):
     branches), so (b) would count that as our overhead. `rounds` alternations
     of the three runs; the fastest iteration of each counts (see below).
     """
-    import data_prep
     import h5py
-    from google.protobuf import text_format
-    from layers.triplet_data import TripletBatcher, open_sources
-    from mtdnet.profiles import get_profile
-    from prototxt import generate, weights
     prof = get_profile(profile)
     steps = dict(train=[], time_real=[], time_zeros=[])
     with tempfile.TemporaryDirectory(prefix="mtdnet-bench-train-") as tmp:
-        data = os.path.join(tmp, "data")
-        data_prep.prepare("synthetic", root=os.path.join(tmp, "raw"), profile=profile, out_dir=data,
-                          progress=False, log=_quiet, synthetic_params=dict(num_ids=40, num_test=10))
+        run = Run.create("synthetic", "mtdnet", profile, project=Project(data_dir=os.path.join(tmp, "data")))
+        prepare(run.dataset, run.profile, run.split, project=run.project, root=os.path.join(tmp, "raw"),
+                progress=False, log=_quiet, synthetic_params=dict(num_ids=40, num_test=10))
         net_path = os.path.join(tmp, "train.prototxt")
         with open(net_path, "w") as f:
-            f.write(generate.train_net_text("synthetic", "mtdnet", profile, data_root=data))
-        train_param = weights._read_net(net_path)
+            f.write(generate.train_net_text(run))
+        train_param = weights.read_net(net_path)
         zeros_param, _ = weights.with_input_layers(train_param, batch=prof.batch_triplets, where=net_path)
 
         # Real batches for Caffe's own data layer, and our data layer's time alone.
-        src = generate.data_dir("synthetic", profile, "paper", data)
-        db, trip = open_sources(os.path.join(src, "images.lmdb"), os.path.join(src, "train_triplets.npy"))
+        db, trip = open_sources(run.data.lmdb, run.data.triplets)
         batcher = TripletBatcher(db, trip, prof.batch_triplets, seed=seed)
         batches = [batcher.next_batch() for _ in range(hdf5_batches)]
         h5 = os.path.join(tmp, "batches.h5")
@@ -442,18 +404,16 @@ def measure_train(profile, iters, warmup, seed, rounds, hdf5_batches=2):
 
 def measure_prep(dataset, profile, root, repeats=3):
     """`make data` of one split, forced, into a temp dir; the fastest of `repeats` builds."""
-    import data_prep
     runs = []
     with tempfile.TemporaryDirectory(prefix="mtdnet-bench-prep-") as tmp:
         kw = dict(synthetic_params=dict(num_ids=100, num_test=20)) if dataset == "synthetic" else {}
         if dataset == "synthetic":     # generated once, outside the timing
-            from data_prep import synthetic
             root = root or os.path.join(tmp, "raw")
             synthetic.ensure(root, progress=False, log=_quiet, **kw["synthetic_params"])
         for _ in range(repeats):
             t0 = time.perf_counter()
-            ms = data_prep.prepare(dataset, root=root, profile=profile, split="paper",
-                                   out_dir=os.path.join(tmp, "data"), force=True, progress=False, log=_quiet, **kw)
+            ms = prepare(dataset, profile, "paper", project=Project(data_dir=os.path.join(tmp, "data")),
+                         root=root, force=True, progress=False, log=_quiet, **kw)
             runs.append(time.perf_counter() - t0)
     n = int(ms[0]["counts"]["images"]["total"])
     return dict(dataset=dataset, profile=profile, images=n, seconds=min(runs), seconds_all=runs,
@@ -463,9 +423,7 @@ def measure_prep(dataset, profile, root, repeats=3):
 
 def measure_cmc(size, loop_probes, seed, repeats=3):
     """CMC + mAP of a size x size score matrix, the fastest of `repeats`; the loop's agreement."""
-    from mtdnet import evaluation
-    # The test suite's reference implementation: one loop, shared, not a copy.
-    from tests.test_evaluation import loop_rank_ap
+    # The slow reference the test suite checks against too.
     rng = np.random.default_rng(seed)
     scores = rng.random((size, size))
     np.round(scores, 4, out=scores)            # a 1e-4 grid: ties, so the tie rule is exercised too
@@ -474,19 +432,18 @@ def measure_cmc(size, loop_probes, seed, repeats=3):
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        ev = evaluation.evaluate(scores, probe_ids, gallery_ids, higher_is_better=True)
-        cmc, m_ap = ev.cmc, ev.mAP
+        ev = cmc.evaluate(scores, probe_ids, gallery_ids, higher_is_better=True)
         runs.append(time.perf_counter() - t0)
     seconds = min(runs)
     k = min(loop_probes, size)
     t0 = time.perf_counter()
-    ranks, aps = loop_rank_ap(scores[:k], probe_ids[:k], gallery_ids, True)
+    ranks, aps = cmc.loop_rank_ap(scores[:k], probe_ids[:k], gallery_ids, True)
     loop_s = time.perf_counter() - t0
     agree = bool(np.array_equal(ranks, ev.ranks[:k]) and np.allclose(aps, ev.ap[:k], atol=1e-12, rtol=0))
     true = scores[np.arange(size), np.argsort(gallery_ids)]
     ties = float(np.mean(np.count_nonzero(scores == true[:, None], axis=1) > 1))
     return dict(size=size, seconds=seconds, seconds_all=runs, statistic="fastest run",
-                rank1=float(cmc[0]), mAP=m_ap, loop_probes=k,
+                rank1=float(ev.cmc[0]), mAP=ev.mAP, loop_probes=k,
                 loop_seconds=loop_s, loop_seconds_all_estimate=loop_s * size / k, loop_agrees=agree,
                 probes_with_tied_match=ties)
 
@@ -662,7 +619,6 @@ def table(doc):
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        from mtdnet.fsutil import cli_main
         cli_main(lambda: _child(sys.argv[2], sys.argv[3]))
     else:
         sys.exit("usage: python tools/bench.py (this module's --child mode is internal)")

@@ -15,18 +15,8 @@ import re
 import signal
 import subprocess
 
-from mtdnet import REPO_ROOT, MtdnetError
-
-CAFFE = os.path.join(REPO_ROOT, ".venv", "bin", "caffe")
-
-_ITER = re.compile(r"Iteration (\d+)(?: \(([\d.]+) iter/s[^)]*\))?, loss = (\S+)")
-_SOLVING_ITER = re.compile(r"Iteration (\d+), lr = ")
-
-
-def caffe_binary():
-    if not os.path.exists(CAFFE):
-        raise MtdnetError(f"{CAFFE}: the caffe tool is missing; run `make setup`")
-    return CAFFE
+from mtdnet import caffelog
+from spec import MtdnetError
 
 
 def snapshot_iter(path):
@@ -51,15 +41,16 @@ class LossIsNaN(MtdnetError):
     pass
 
 
-def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True,
-          progress=True, extra_args=(), cwd=REPO_ROOT):
+def train(solver, log_path, max_iter, snapshot_prefix, caffe, weights=None, resume=True,
+          progress=True, extra_args=(), cwd=None):
     """Run `caffe train`; return the final iteration reached.
 
     Resumes from the newest complete snapshot under `snapshot_prefix` when
     `resume`; otherwise starts from `weights` (a caffemodel) or the fillers.
-    The whole Caffe log is appended to `log_path`.
+    The whole Caffe log is appended to `log_path`. `caffe`: the binary
+    (spec.Project.caffe); `cwd`: where it runs (the project root).
     """
-    args = [caffe_binary(), "train", "-solver", solver, "-sighup_effect", "stop"]
+    args = [caffe, "train", "-solver", solver, "-sighup_effect", "stop"]
     state = latest_snapshot(snapshot_prefix) if resume else None
     start_iter = 0
     if state:
@@ -77,7 +68,7 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
         from tqdm import tqdm
         bar = tqdm(total=max_iter, initial=start_iter, unit="it", dynamic_ncols=True,
                    desc="caffe train")
-    it, last_loss = start_iter, None
+    it = start_iter
     with open(log_path, "a", buffering=1) as log:  # line-buffered: `tail -f` works
         log.write(f"### mtdnet: {' '.join(args)}\n")
         log.flush()
@@ -88,23 +79,21 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
         try:
             for line in proc.stdout:
                 log.write(line)
-                m = _ITER.search(line) or _SOLVING_ITER.search(line)
-                if m:
-                    new_it = int(m.group(1))
+                got = caffelog.progress(line)
+                if got:
+                    new_it, loss = got
                     if bar is not None and new_it > it:
                         bar.update(new_it - it)
                     it = max(it, new_it)
-                    if m.re is _ITER:
-                        loss = _to_float(m.group(3))
+                    if loss is not None:
                         if not math.isfinite(loss):
                             log.flush()
                             _stop(proc, signal.SIGKILL)
                             good = latest_snapshot(snapshot_prefix, "caffemodel")
                             raise LossIsNaN(
-                                f"{log_path}: the training loss became {m.group(3)} at iteration {new_it}; "
+                                f"{log_path}: the training loss became {loss} at iteration {new_it}; "
                                 f"stopped. Last good snapshot: {good or 'none (no snapshot yet)'}. "
                                 "Lower base_lr or check the data.")
-                        last_loss = loss
                         if bar is not None:
                             bar.set_postfix(loss=f"{loss:.4f}")
         except KeyboardInterrupt:
@@ -141,13 +130,6 @@ def _term_as_interrupt():
         return signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:
         return None
-
-
-def _to_float(s):
-    try:
-        return float(s)
-    except ValueError:
-        return float("nan")
 
 
 def _stop(proc, sig):

@@ -1,111 +1,102 @@
 """`make eval`: single-shot CMC of a trained model on the prepared test images.
 
-One evaluation = (dataset, variant, profile, split, protocol):
-  data    <data dir>/<dataset>-<profile>-<split>/ (what `make data` wrote)
-  model   MODEL, else the newest snapshot of runs/<dataset>-<train variant>-<profile>[-<split>]/
-          (trp ranks the mtdnet run's model by its triplet features)
-  scores  cls-type variants: the 8-pass mean P(same) (higher is better);
-          trp / rnk: mirror-averaged squared Euclidean distance (lower is better)
-  output  runs/<dataset>-<variant>-<profile>[-<split>]/ (trp: its own <dataset>-trp-... dir):
+One evaluation = a spec.Run (dataset, variant, profile, split) and a protocol:
+  data    the run's prepared data (data/<dataset>-<profile>-<split>/, what `make data` wrote)
+  model   MODEL, else the newest snapshot of the run (trp ranks the mtdnet run's model by
+          its triplet features)
+  scores  pair-score variants: the 8-pass mean P(same) (higher is better);
+          feature variants (trp / rnk): mirror-averaged squared Euclidean distance (lower is better)
+  output  the variant's result folder (runs/<dataset>-<variant>-<profile>[-<split>][+overrides]/):
           cmc-<protocol>.json and a copy as cmc.json, cmc-<protocol>.png,
           ranked-<protocol>.png (5 probes and their top 10), scores-<protocol>.npz
           (the probe x gallery matrix: rows, cols = image indices, scores)
 
-Protocols (mtdnet.protocols): `paper` = the fixed gallery recorded in
-split.json (one trial); `random` = `trials` draws of one gallery image per
-identity (seeded), mean and spread. Several random<k> splits are combined by
+Protocols (mtdnet.trials): `paper` = the fixed gallery recorded in split.json
+(one trial); `random` = `trials` draws of one gallery image per identity
+(seeded), mean and spread. Several random<k> splits are combined by
 `evaluate_splits` into runs/<dataset>-<variant>-<profile>-random-mean/.
 """
+import dataclasses
 import io
 import os
-import re
 import shutil
 import tempfile
 import time
 
 import numpy as np
 
-from mtdnet import REPO_ROOT, MtdnetError
-from mtdnet import caffe_run, protocols, scoring
-from mtdnet.fsutil import atomic_write_bytes, atomic_write_json, read_json
-from mtdnet.profiles import check_dataset, check_variant, get_profile
+from data_prep.imagedb import ImageDB
+from data_prep.prepared import load_prepared
+from mtdnet import caffe_run, cmc, plots, scoring, trials
+from prototxt import generate
+from spec import MtdnetError, Split
+from spec.runs import MEAN as MEAN_SPLIT
+from spec.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from spec.variants import SCORE_KINDS
 
 DEFAULT_TRIALS = 10
+MAX_RANDOM_SPLITS = 100      # random<k> runs looked for when none are named
 RANKED_PROBES = 5
 RANKED_TOP = 10
-MEAN_SUFFIX = "random-mean"
-PAIR_VARIANTS = ("mtdnet", "cls", "aug", "cross")
 
 
-def default_dirs(data_dir=None, runs_dir=None):
-    return (os.path.abspath(data_dir or os.path.join(REPO_ROOT, "data")),
-            os.path.abspath(runs_dir or os.path.join(REPO_ROOT, "runs")))
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """How a run is evaluated (everything but the run itself)."""
+    protocol: str = "paper"
+    trials: int = DEFAULT_TRIALS       # random protocol: gallery draws
+    seed: int = None                   # random protocol: seed of the draws (default: the profile's)
+    model: str = None                  # a .caffemodel (default: the run's newest snapshot)
+    scorer: str = "fast"               # pair scorer (scoring.PAIR_SCORERS)
+    gpu: bool = False                  # score on the GPU (a CUDA build)
+
+    def __post_init__(self):
+        trials.check_protocol(self.protocol)
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise MtdnetError(f"TRIALS must be a positive integer, got {self.trials!r}")
+        if self.scorer not in scoring.PAIR_SCORERS:
+            raise MtdnetError(f"unknown scorer '{self.scorer}'; valid: {', '.join(scoring.PAIR_SCORERS)}")
 
 
-def score_kind(variant):
-    return "pair" if check_variant(variant) in PAIR_VARIANTS else "feature"
-
-
-def result_name(dataset, variant, profile, split="paper"):
-    """The folder the results go to: the run's, except trp gets its own."""
-    name = f"{dataset}-{variant}-{profile}"
-    return name if split == "paper" else f"{name}-{split}"
-
-
-def _rel(path):
-    """Project-relative when inside the project (what run.json and cmc.json record)."""
-    p = os.path.abspath(path)
-    return os.path.relpath(p, REPO_ROOT) if p.startswith(REPO_ROOT + os.sep) else p
-
-
-def find_model(dataset, variant, profile, split, runs_dir, model=None):
+def find_model(run, model=None):
     """(model path, run.json dict or {}) for the evaluation; clear errors when there is none."""
-    from prototxt import generate
-    files = generate.files_for(dataset, variant, profile, split)
-    run = os.path.join(runs_dir, generate.run_name(dataset, variant, profile, split))
-    info_path = os.path.join(run, "run.json")
-    info = read_json(info_path, "run description") if os.path.exists(info_path) else {}
+    info = read_json(run.info, "run description") if os.path.exists(run.info) else {}
     if model:
         if not os.path.isfile(model):
             raise MtdnetError(f"{model}: model not found")
         return os.path.abspath(model), info
-    prefix = os.path.join(run, "snapshots", os.path.basename(files["snapshot_prefix"]))
-    found = caffe_run.latest_snapshot(prefix, "caffemodel")
+    found = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel")
     if not found and info.get("model"):
-        for base in (REPO_ROOT, os.path.dirname(runs_dir)):
-            p = os.path.join(base, info["model"])
-            if os.path.isfile(p):
-                found = p
-                break
+        p = run.project.abs(info["model"])
+        if os.path.isfile(p):
+            found = p
     if not found:
-        tv = generate.train_variant(variant)
         raise MtdnetError(
-            f"{prefix}_iter_*.caffemodel: no model to evaluate; train first (make train DATASET={dataset} "
-            f"VARIANT={tv} PROFILE={profile}" + (f" SPLIT={split}" if split != "paper" else "")
-            + ") or pass MODEL=<caffemodel>")
+            f"{run.snapshot_prefix}_iter_*.caffemodel: no model to evaluate; train first "
+            f"({run.commands()[0]}) or pass MODEL=<caffemodel>")
     return os.path.abspath(found), info
 
 
-def deploy_net(variant, profile, workdir):
-    """(path, what to record): the generated deploy prototxt if `make prototxt` wrote it
-    and it is current, else the generator's text written to workdir now."""
-    from prototxt import generate
-    kind = generate.SCORE_NET[variant]
-    path = os.path.join(REPO_ROOT, "prototxt", profile, f"{kind}.prototxt")
-    text = generate.deploy_text(kind, profile)
+def deploy_net(run, workdir):
+    """(path, what to record): the committed deploy prototxt if it is current, else the
+    generator's text written to workdir now."""
+    kind = run.variant.deploy
+    rel = generate.deploy_path(run.profile, kind)
+    path = run.project.abs(rel)
+    text = generate.deploy_text(kind, run.profile)
     if os.path.isfile(path):
         with open(path) as f:
             if f.read() == text:
-                return path, _rel(path)
+                return path, rel
     tmp = os.path.join(workdir, f"{kind}.prototxt")
     with open(tmp, "w") as f:
         f.write(text)
-    return tmp, f"{_rel(path)} (generated at evaluation: the file was missing or out of date)"
+    return tmp, f"{rel} (generated at evaluation)"
 
 
 def make_trials(prepared, protocol, n_trials=DEFAULT_TRIALS, seed=0):
     """The trials of `protocol` for a prepared split (split.json + images.json)."""
-    protocols.check_protocol(protocol)
+    trials.check_protocol(protocol)
     split, images = prepared.split, prepared.images
     pid = {im["index"]: im["person_id"] for im in images}
     test = (split.get("eval") or {}).get("test")
@@ -118,8 +109,8 @@ def make_trials(prepared, protocol, n_trials=DEFAULT_TRIALS, seed=0):
         except KeyError as e:
             raise MtdnetError(f"{prepared.dir}/split.json: eval lists image {e}, which images.json "
                               f"does not have; re-run `make data`") from None
-        return [protocols.paper_trial(probes, gallery, distractors)]
-    return protocols.trials_from_records(
+        return [trials.paper_trial(probes, gallery, distractors)]
+    return trials.trials_from_records(
         images, protocol, n_trials=n_trials, seed=seed,
         probe_camera=split.get("probe_camera", 0), gallery_camera=split.get("gallery_camera", 1),
         distractor_ids=split.get("distractors", ()), pool=not split.get("cameras_known", True))
@@ -150,92 +141,78 @@ def _npz_bytes(**arrays):
     return buf.getvalue()
 
 
-def evaluate(dataset, variant, profile, split="paper", protocol="paper", trials=DEFAULT_TRIALS,
-             model=None, data_dir=None, runs_dir=None, scorer="fast", seed=None, progress=True,
-             log=print):
-    """Score, evaluate and write one evaluation; returns the cmc.json dict."""
-    from data_prep import load_prepared
-    from prototxt import generate
-    check_dataset(dataset)
-    check_variant(variant)
-    prof = get_profile(profile)
-    protocols.check_protocol(protocol)
-    generate.check_split(split)
-    generate.files_for(dataset, variant, profile, split)       # variant/dataset combination
-    if not isinstance(trials, int) or trials < 1:
-        raise MtdnetError(f"TRIALS must be a positive integer, got {trials!r}")
-    if scorer not in scoring.PAIR_SCORERS:
-        raise MtdnetError(f"unknown scorer '{scorer}'; valid: {', '.join(scoring.PAIR_SCORERS)}")
-    data_dir, runs_dir = default_dirs(data_dir, runs_dir)
-    prepared = load_prepared(generate.data_dir(dataset, profile, split, data_dir))
-    model, info = find_model(dataset, variant, profile, split, runs_dir, model)
-    seed = prof.seed if seed is None else int(seed)
-    the_trials = make_trials(prepared, protocol, trials, seed)
-    rows, cols = protocols.score_layout(the_trials)
-    out = os.path.join(runs_dir, result_name(dataset, variant, profile, split))
-    kind = score_kind(variant)
+def evaluate(run, ev=Evaluation(), progress=True, log=print):
+    """Score, evaluate and write one evaluation of a spec.Run; returns the cmc.json dict."""
+    prof, project = run.profile, run.project
+    prepared = load_prepared(run.data)
+    model, info = find_model(run, ev.model)
+    seed = prof.seed if ev.seed is None else int(ev.seed)
+    the_trials = make_trials(prepared, ev.protocol, ev.trials, seed)
+    rows, cols = trials.score_layout(the_trials)
+    out = run.result_dir
+    kind = run.variant.score
+    scoring.use_device(ev.gpu)
     # The model is checked against the net before anything slow happens.
     with tempfile.TemporaryDirectory(prefix="mtdnet-eval-") as tmp:
-        deploy_path, deploy = deploy_net(variant, profile, tmp)
+        deploy_path, deploy = deploy_net(run, tmp)
         net = scoring.load_net(deploy_path, model)
-    log(f"evaluating {_rel(model)} on {_rel(prepared.dir)}: {protocol} protocol, "
+    log(f"evaluating {project.rel(model)} on {project.rel(prepared.dir)}: {ev.protocol} protocol, "
         f"{len(the_trials)} trial(s), {rows.size} probe x {cols.size} gallery images, "
-        f"score: {scoring.SCORE_KINDS[kind]}")
+        f"score: {SCORE_KINDS[kind]}")
 
-    from data_prep.imagedb import ImageDB
     db = ImageDB(prepared.lmdb)
     try:
         want = (3, prof.input_size, prof.input_size)
         if tuple(db.shape) != want:
-            raise MtdnetError(f"{prepared.lmdb}: images are {tuple(db.shape)}, profile '{profile}' "
-                              f"needs {want}; re-run `make data PROFILE={profile}`")
+            raise MtdnetError(f"{prepared.lmdb}: images are {tuple(db.shape)}, profile '{prof.name}' "
+                              f"needs {want}; re-run `{run.data.make_command()}`")
         probes, gallery = db.images(rows), db.images(cols)
     finally:
         db.close()
 
     t0 = time.time()
-    scores, higher = scoring.score_matrix(kind, net, probes, gallery, scorer=scorer, progress=progress)
+    scores, higher = scoring.score_matrix(kind, net, probes, gallery, scorer=ev.scorer, progress=progress)
     seconds = time.time() - t0
     bad = ~np.isfinite(scores)
     if bad.any():
         raise MtdnetError(f"{model}: the model gives {int(bad.sum())} non-finite (NaN/inf) "
                           f"score(s) of {scores.size}; it is broken (a NaN loss during training?)")
 
-    body = protocols.evaluate_protocol(scores, rows, cols, the_trials, protocol=protocol,
-                                       higher_is_better=higher,
-                                       seed=seed if protocol == "random" else None)
+    body = trials.evaluate_protocol(scores, rows, cols, the_trials, protocol=ev.protocol,
+                                    higher_is_better=higher,
+                                    seed=seed if ev.protocol == "random" else None)
     body["trial_seed"] = body.pop("seed")
     iters = caffe_run.snapshot_iter(model)
     if iters < 0:
         # run.json names its model relative to the project holding runs/.
         iters = info.get("iterations") if info.get("model") and \
-            os.path.abspath(os.path.join(os.path.dirname(runs_dir), info["model"])) == model else None
+            os.path.abspath(project.abs(info["model"])) == model else None
     body.update(
-        dataset=dataset, variant=variant, profile=profile, split=split,
-        model=_rel(model), iterations=iters, seed=info.get("seed", prof.seed),
-        init=info.get("init", "unknown (no run.json)"), run=os.path.basename(out),
-        data=_rel(prepared.dir), deploy=deploy, score_kind=kind, scoring=scoring.SCORE_KINDS[kind],
-        scorer=scorer if kind == "pair" else "features",
+        dataset=run.dataset.name, variant=run.variant.key, profile=prof.name,
+        overrides=dict(prof.overrides), split=run.split.name,
+        model=project.rel(model), iterations=iters, seed=info.get("seed", prof.seed),
+        init=info.get("init", "unknown (no run.json)"), run=run.result_name,
+        data=project.rel(prepared.dir), deploy=deploy, score_kind=kind, scoring=SCORE_KINDS[kind],
+        scorer=ev.scorer if kind == "pair" else "features",
         scored=[int(rows.size), int(cols.size)], score_seconds=round(seconds, 1),
         evaluated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
-    atomic_write_bytes(os.path.join(out, f"scores-{protocol}.npz"),
+    atomic_write_bytes(run.result(ev.protocol, "scores", "npz"),
                        _npz_bytes(scores=scores, rows=rows, cols=cols))
-    atomic_write_json(os.path.join(out, f"cmc-{protocol}.json"), body)
+    atomic_write_json(run.result(ev.protocol), body)
     atomic_write_json(os.path.join(out, "cmc.json"), body)
     pictures(body, out, prepared, the_trials[0], scores, rows, cols, probes, gallery, higher)
-    log(summary(body, os.path.join(out, f"cmc-{protocol}.json")))
+    log(summary(body, project.rel(run.result(ev.protocol))))
     return body
 
 
 def pictures(body, out, prepared, trial, scores, rows, cols, probes, gallery, higher):
     """cmc-<protocol>.png and ranked-<protocol>.png (the first trial's ranked gallery)."""
-    from mtdnet import plots
     protocol = body["protocol"]
     title = (f"{body['dataset']} {body['variant']} ({body['profile']} profile, {body['split']} split, "
              f"{protocol} protocol)")
     plots.plot_cmc([(body["run"], body)], os.path.join(out, f"cmc-{protocol}.png"), title=title)
-    s = protocols.trial_scores(scores, rows, cols, trial)
+    s = trials.trial_scores(scores, rows, cols, trial)
     r = np.searchsorted(rows, trial.probe)
     c = np.searchsorted(cols, trial.gallery)
     records = {im["index"]: im for im in prepared.images}
@@ -253,7 +230,7 @@ def pictures(body, out, prepared, trial, scores, rows, cols, probes, gallery, hi
 
 def summary(r, path=None):
     std = f" \u00b1 {r['rank1_std']:.2f}" if r.get("trials", 1) > 1 or r.get("splits") else ""
-    where = f" -> {_rel(path)}" if path else ""
+    where = f" -> {path}" if path else ""
     return (f"{r.get('run', '')}: {r['protocol']} protocol, {r['trials']} trial(s): rank-1 {r['rank1']:.2f}%"
             f"{std}, rank-5 {r['rank5']:.2f}%, rank-10 {r['rank10']:.2f}%, rank-20 {r['rank20']:.2f}%, "
             f"mAP {r['mAP']:.2f}% (gallery {r['gallery_size']}){where}")
@@ -261,65 +238,56 @@ def summary(r, path=None):
 
 # ---- several splits ---------------------------------------------------------------
 
-def random_splits_present(dataset, variant, profile, runs_dir):
-    """The random<k> splits whose training run exists under runs_dir, sorted by k."""
-    from prototxt import generate
-    base = generate.run_name(dataset, variant, profile, "paper") + "-"
-    ks = []
-    for name in os.listdir(runs_dir) if os.path.isdir(runs_dir) else []:
-        m = re.fullmatch(re.escape(base) + r"random(\d+)", name)
-        if m:
-            ks.append(int(m.group(1)))
-    return [f"random{k}" for k in sorted(ks)]
+def random_splits_present(run):
+    """The random<k> splits of `run` (any split) whose training run exists, sorted by k."""
+    return [s for s in Split("random").expand(MAX_RANDOM_SPLITS) if os.path.isdir(run.with_split(s).dir)]
 
 
-def evaluate_splits(dataset, variant, profile, splits, protocol="paper", trials=DEFAULT_TRIALS,
-                    data_dir=None, runs_dir=None, scorer="fast", seed=None, combine_only=False,
-                    progress=True, log=print):
-    """Evaluate each split (each with its own run's model) and write their mean to
+def evaluate_splits(run, splits, ev=Evaluation(), combine_only=False, progress=True, log=print):
+    """Evaluate `run` on each split (each with its own run's model) and write their mean to
     runs/<dataset>-<variant>-<profile>-random-mean/cmc-<protocol>.json (+ cmc.json, PNG)."""
-    from mtdnet import evaluation, plots
-    data_dir, runs_dir = default_dirs(data_dir, runs_dir)
-    splits = list(splits)
+    if ev.model:
+        raise MtdnetError("--model names one model; several splits use each split's own run")
+    splits = [Split.parse(s) for s in splits]
     if not splits:
-        raise MtdnetError(f"{runs_dir}: no {dataset}-{variant}-{profile}-random<k> runs to combine; "
-                          f"train them with `make train SPLIT=random<k>` (or name --splits)")
+        raise MtdnetError(f"{run.project.runs_dir}: no {run.with_split(Split('random', 0)).name[:-1]}<k> runs "
+                          f"to combine; train them with `make train SPLIT=random<k>` (or name --splits)")
     for s in splits:
-        if not re.fullmatch(r"random\d+", s):
+        if s.kind != "random" or s.index is None:
             raise MtdnetError(f"--splits takes random<k> names, got '{s}'")
+    runs = [run.with_split(s) for s in splits]
     results = []
-    for s in splits:
+    for r in runs:
         if combine_only:
-            p = os.path.join(runs_dir, result_name(dataset, variant, profile, s), f"cmc-{protocol}.json")
-            results.append(read_json(p, f"result of split {s} (evaluate it first)"))
+            results.append(read_json(r.result(ev.protocol), f"result of split {r.split} (evaluate it first)"))
         else:
-            results.append(evaluate(dataset, variant, profile, s, protocol, trials, None, data_dir,
-                                    runs_dir, scorer, seed, progress, log))
-    body = evaluation.combine_splits(results, names=splits)
+            results.append(evaluate(r, ev, progress, log))
+    names = [s.name for s in splits]
+    body = cmc.combine_splits(results, names=names)
 
     def same(key):
         vals = [r.get(key) for r in results]
         return vals[0] if all(v == vals[0] for v in vals) else vals
-    name = result_name(dataset, variant, profile, MEAN_SUFFIX)
-    body.update(dataset=dataset, variant=variant, profile=profile, split=MEAN_SUFFIX,
-                split_names=splits, run=name, model=[r.get("model") for r in results],
+    name, out = run.mean_result_name, run.mean_result_dir
+    protocol = ev.protocol
+    body.update(dataset=run.dataset.name, variant=run.variant.key, profile=run.profile.name,
+                overrides=dict(run.profile.overrides), split=MEAN_SPLIT,
+                split_names=names, run=name, model=[r.get("model") for r in results],
                 iterations=same("iterations"), seed=same("seed"), init=same("init"),
                 score_kind=same("score_kind"), scoring=same("scoring"), scorer=same("scorer"),
                 gallery_size=same("gallery_size"), trial_seed=same("trial_seed"),
                 evaluated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    out = os.path.join(runs_dir, name)
     atomic_write_json(os.path.join(out, f"cmc-{protocol}.json"), body)
     atomic_write_json(os.path.join(out, "cmc.json"), body)
     plots.plot_cmc([(name, body)] + [(r["run"], r) for r in results],
                    os.path.join(out, f"cmc-{protocol}.png"),
-                   title=f"{dataset} {variant} ({profile}): mean of {len(splits)} random splits, "
-                         f"{protocol} protocol")
+                   title=f"{run.dataset.name} {run.variant.key} ({run.profile.name}): mean of {len(splits)} "
+                         f"random splits, {protocol} protocol")
     # The first split's ranked gallery stands for the set.
-    first = os.path.join(runs_dir, result_name(dataset, variant, profile, splits[0]),
-                         f"ranked-{protocol}.png")
+    first = runs[0].result(protocol, "ranked", "png")
     if os.path.isfile(first):
         tmp = os.path.join(out, f".ranked-{protocol}.png.tmp")
         shutil.copyfile(first, tmp)
         os.replace(tmp, os.path.join(out, f"ranked-{protocol}.png"))
-    log(summary(body, os.path.join(out, f"cmc-{protocol}.json")))
+    log(summary(body, run.project.rel(os.path.join(out, f"cmc-{protocol}.json"))))
     return body

@@ -8,15 +8,15 @@ written atomically, with a fixed pixel size (see the *_SIZE constants and
 import io
 import math
 import os
-import re
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mtdnet import MtdnetError
-from mtdnet import evaluation
-from mtdnet.fsutil import atomic_write_bytes
+from spec import MtdnetError
+from mtdnet import cmc
+from mtdnet.caffelog import read_caffe_log
+from spec.fsutil import atomic_write_bytes
 
 DPI = 100
 CMC_SIZE = (900, 600)        # pixels (width, height)
@@ -99,91 +99,6 @@ def plot_cmc(runs, path, *, title="CMC", max_rank=None):
     ax.set_xlim(1, n)
     ax.set_ylim(0, 100)
     return _finish(fig, ax, path, "rank", "matching rate (%)", title, "lower right")
-
-
-# ---- Caffe log ----------------------------------------------------------------
-
-_NUM = r"([-+]?(?:nan|inf|[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?))"
-_ITER_LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = " + _NUM, re.I)
-_TRAIN_OUT = re.compile(r"Train net output #(\d+): (\S+) = " + _NUM
-                        + r"(?: \(\* " + _NUM + r" = )?", re.I)
-_ITER_LR = re.compile(r"Iteration (\d+), lr = " + _NUM, re.I)
-_TESTING = re.compile(r"Iteration (\d+), Testing net \(#(\d+)\)")
-_TEST_OUT = re.compile(r"Test net output #(\d+): (\S+) = " + _NUM, re.I)
-
-
-def parse_caffe_log(text):
-    """Numbers of a `caffe train` log (text) -> dict.
-
-    {"iterations": [N...], "loss": [X...]}  from "Iteration N ..., loss = X"
-    (Caffe's smoothed total loss), "outputs": {name: ([N...], [X...])} from
-    the "Train net output #k: name = X (* w = wX loss)" lines after each of
-    them (X: the raw, unweighted value), "loss_weights": {name: w}, "lr":
-    ([N...], [X...]), "test": {name: ([N...], [X...])}. NaN stays NaN.
-    A resumed run appended to the same log supersedes: when the iteration
-    goes back, the points from there on are dropped.
-    """
-    it, loss, lr_it, lr = [], [], [], []
-    outputs, test, weights = {}, {}, {}
-    cur = None
-    test_it = None
-
-    def drop_from(n):
-        def cut(xs, ys):
-            keep = [i for i, x in enumerate(xs) if x < n]
-            xs[:], ys[:] = [xs[i] for i in keep], [ys[i] for i in keep]
-        cut(it, loss)
-        cut(lr_it, lr)
-        for xs, ys in list(outputs.values()) + list(test.values()):
-            cut(xs, ys)
-
-    for line in text.splitlines():
-        m = _ITER_LOSS.search(line)
-        if m:
-            n = int(m.group(1))
-            if it and n <= it[-1]:
-                drop_from(n)
-            it.append(n)
-            loss.append(float(m.group(2)))
-            cur = n
-            continue
-        m = _TRAIN_OUT.search(line)
-        if m and cur is not None:
-            xs, ys = outputs.setdefault(m.group(2), ([], []))
-            xs.append(cur)
-            ys.append(float(m.group(3)))
-            if m.group(4) is not None:
-                weights[m.group(2)] = float(m.group(4))
-            continue
-        m = _ITER_LR.search(line)
-        if m:
-            lr_it.append(int(m.group(1)))
-            lr.append(float(m.group(2)))
-            continue
-        m = _TESTING.search(line)
-        if m:
-            test_it = int(m.group(1))
-            continue
-        m = _TEST_OUT.search(line)
-        if m and test_it is not None:
-            xs, ys = test.setdefault(m.group(2), ([], []))
-            xs.append(test_it)
-            ys.append(float(m.group(3)))
-    return {"iterations": it, "loss": loss, "outputs": outputs, "loss_weights": weights,
-            "lr": (lr_it, lr), "test": test}
-
-
-def read_caffe_log(path):
-    """parse_caffe_log of a file; a missing file or one without loss lines is an error."""
-    try:
-        with open(path, errors="replace") as f:
-            parsed = parse_caffe_log(f.read())
-    except FileNotFoundError:
-        raise MtdnetError(f"{path}: Caffe log not found") from None
-    if not parsed["iterations"]:
-        raise MtdnetError(f"{path}: no 'Iteration N, loss = X' lines (not a caffe train log, "
-                          f"or training has not displayed a loss yet)")
-    return parsed
 
 
 def plot_loss_curve(log, path, *, title="training loss"):
@@ -274,7 +189,7 @@ def ranked_gallery_rows(scores, probe_ids, gallery_ids, probe_images, gallery_im
     gallery entry. probes: which probe positions to show (default n_rows
     evenly spaced over the probe list).
     """
-    s, p, g = evaluation.check_scores(scores, probe_ids, gallery_ids)
+    s, p, g = cmc.check_scores(scores, probe_ids, gallery_ids)
     if len(probe_images) != p.size or len(gallery_images) != g.size:
         raise MtdnetError(f"ranked gallery: {len(probe_images)} probe and {len(gallery_images)} "
                           f"gallery images for a {s.shape} score matrix")
@@ -282,7 +197,7 @@ def ranked_gallery_rows(scores, probe_ids, gallery_ids, probe_images, gallery_im
         probes = np.unique(np.linspace(0, p.size - 1, min(n_rows, p.size)).round().astype(int))
     rows = []
     for i in probes:
-        order, match, first = evaluation.ranked_gallery(
+        order, match, first = cmc.ranked_gallery(
             s[i], g, p[i], higher_is_better=higher_is_better, top=top)
         rows.append({"probe": probe_images[i], "probe_label": f"probe id {p[i]}",
                      "gallery": [gallery_images[j] for j in order],

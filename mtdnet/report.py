@@ -12,32 +12,12 @@ import json
 import os
 import shutil
 
-from mtdnet import MtdnetError
-from mtdnet.fsutil import atomic_write_text
+from mtdnet import plots
+from spec import MtdnetError, Split, datasets, variants
+from spec.fsutil import atomic_write_text
 
-# The paper's Table 1, MTDnet rows: rank-1 / 5 / 10 (%), single-shot CMC.
-# Their protocol: ImageNet conv1/conv2, CUHK03 pre-training, paper splits.
-PAPER_DATASETS = ("cuhk03", "cuhk01", "viper", "ilids", "prid2011")
-DATASET_TITLES = dict(cuhk03="CUHK03", cuhk01="CUHK01", viper="VIPeR", ilids="iLIDS",
-                      prid2011="PRID2011", synthetic="synthetic")
-PAPER_TABLE1 = {
-    "rnk": dict(cuhk03=(60.13, 90.51, 95.15), cuhk01=(63.50, 80.00, 89.50), viper=(28.16, 52.22, 65.19),
-                ilids=(41.04, 69.94, 78.61), prid2011=(22.00, 41.00, 48.00)),
-    "cls": dict(cuhk03=(68.35, 93.46, 97.47), cuhk01=(76.50, 94.00, 97.00), viper=(44.30, 69.94, 81.96),
-                ilids=(54.34, 73.41, 86.13), prid2011=(28.00, 50.00, 60.00)),
-    "trp": dict(cuhk03=(66.03, 84.81, 89.87), cuhk01=(66.00, 84.00, 91.50), viper=(34.81, 60.13, 72.78),
-                ilids=(46.82, 72.83, 81.50), prid2011=(26.00, 49.00, 57.00)),
-    "mtdnet": dict(cuhk03=(74.68, 95.99, 97.47), cuhk01=(77.50, 95.00, 97.50), viper=(45.89, 71.84, 83.23),
-                   ilids=(57.80, 78.61, 87.28), prid2011=(32.00, 51.00, 62.00)),
-    "aug": dict(cuhk01=(75.50, 93.50, 97.00), viper=(43.35, 70.25, 78.48),
-                ilids=(54.91, 74.57, 84.97), prid2011=(27.00, 46.00, 59.00)),
-    "cross": dict(cuhk01=(78.50, 96.50, 97.50), viper=(47.47, 73.10, 82.59),
-                  ilids=(58.38, 80.35, 87.28), prid2011=(31.00, 54.00, 61.00)),
-}
-# Table 1's row order, names and "Type" column.
-ROW_TITLES = dict(rnk="MTDnet-rnk", cls="MTDnet-cls", trp="MTDnet-trp", mtdnet="MTDnet",
-                  aug="MTDnet-aug", cross="MTDnet-cross")
-ROW_TYPES = dict(rnk="Rnk", cls="Cls", trp="Cls+Rnk", mtdnet="Cls+Rnk", aug="Cls+Rnk", cross="Cls+Rnk")
+# Table 1 (the paper's rows, titles, types, dataset columns) comes from the variant
+# and dataset registries (spec/variants.py, spec/datasets.py).
 RANKS = ("rank1", "rank5", "rank10")
 REQUIRED = ("dataset", "variant", "profile", "protocol", "rank1", "rank5", "rank10", "mAP", "cmc")
 DASH = "–"
@@ -55,8 +35,12 @@ def find_results(runs_dir):
         lacking = [k for k in REQUIRED if k not in r]
         if lacking:
             raise MtdnetError(f"{path}: not a `make eval` result (lacks {', '.join(lacking)})")
-        if r.get("split") == "val":
-            continue   # tuning numbers on held-out training identities, not a test result
+        try:
+            if Split.parse(r.get("split")).is_tuning:
+                continue   # tuning numbers on held-out training identities, not a test result
+        except MtdnetError:
+            pass       # random-mean and other combined results
+
         r["run"] = os.path.basename(os.path.dirname(path))
         r["path"] = path
         out.append(r)
@@ -69,20 +53,29 @@ def split_label(r):
     return f"{r.get('split', 'paper')} split"
 
 
-def setting(r):
-    """What makes two numbers comparable within one table row."""
-    return (r["protocol"], split_label(r), r["profile"])
-
-
 def label(r):
     """What a number means: dataset, protocol, split, profile, initialisation, iterations."""
-    bits = [DATASET_TITLES.get(r["dataset"], r["dataset"]), f"protocol {r['protocol']}"]
+    bits = [dataset_title(r["dataset"]), f"protocol {r['protocol']}"]
     n = r.get("trials", 1)
     if n > 1:
         bits.append(f"{n} trials")
-    bits += [split_label(r), f"profile {r['profile']}", f"init {r.get('init', 'unknown')}",
+    profile = r["profile"] + "".join(f", {k}={v}" for k, v in sorted((r.get("overrides") or {}).items()))
+    bits += [split_label(r), f"profile {profile}", f"init {r.get('init', 'unknown')}",
              f"{_value(r.get('iterations'))} iterations", f"seed {_value(r.get('seed'))}"]
     return ", ".join(bits)
+
+
+def dataset_title(name):
+    try:
+        return datasets.get_dataset(name).title
+    except MtdnetError:
+        return name
+
+
+def setting(r):
+    """What makes two numbers comparable within one table row."""
+    tag = ",".join(f"{k}={v}" for k, v in sorted((r.get("overrides") or {}).items()))
+    return (r["protocol"], split_label(r), r["profile"] + (f" +{tag}" if tag else ""))
 
 
 def _value(v):
@@ -99,21 +92,24 @@ def table1_markdown(results):
     """Markdown: Table 1's columns (rank 1/5/10 per dataset, + synthetic if present),
     each variant's paper row followed by our rows, one per (protocol, split, profile);
     every number of ours carries a note [k] listed under the table."""
-    datasets = list(PAPER_DATASETS)
-    datasets += sorted({r["dataset"] for r in results} - set(datasets))
+    columns = datasets.table1_datasets()
+    columns += sorted({r["dataset"] for r in results} - set(columns))
     head = "| Method | Type | Source | " + " | ".join(
-        f"{DATASET_TITLES.get(d, d)} r=1 | r=5 | r=10" for d in datasets) + " |"
-    lines = [head, "|---|---|---|" + "---:|" * (3 * len(datasets))]
+        f"{dataset_title(d)} r=1 | r=5 | r=10" for d in columns) + " |"
+    lines = [head, "|---|---|---|" + "---:|" * (3 * len(columns))]
     notes = []
-    for variant, title in ROW_TITLES.items():
+    rows = variants.table1_rows()
+    rows += [variants.get_variant(k) for k in sorted({r["variant"] for r in results} - {v.key for v in rows})]
+    for v in rows:
         cells = []
-        for d in datasets:
-            cells += [_fmt(v) for v in PAPER_TABLE1[variant].get(d, (None,) * 3)]
-        lines.append(f"| {title} | {ROW_TYPES[variant]} | paper | " + " | ".join(cells) + " |")
-        ours = [r for r in results if r["variant"] == variant]
+        paper = v.paper_row()
+        for d in columns:
+            cells += [_fmt(x) for x in paper.get(d, (None,) * 3)]
+        lines.append(f"| {v.title} | {v.table_type} | paper | " + " | ".join(cells) + " |")
+        ours = [r for r in results if r["variant"] == v.key]
         for key in sorted({setting(r) for r in ours}):
             cells = []
-            for d in datasets:
+            for d in columns:
                 rs = [r for r in ours if r["dataset"] == d and setting(r) == key]
                 if not rs:
                     cells += [DASH] * 3
@@ -122,7 +118,7 @@ def table1_markdown(results):
                 notes.append(r)
                 cells += [_fmt(r[k]) + (f" [{len(notes)}]" if k == "rank1" else "") for k in RANKS]
             protocol, split, profile = key
-            lines.append(f"| {title} | {ROW_TYPES[variant]} | ours: {protocol} protocol, {split}, "
+            lines.append(f"| {v.title} | {v.table_type} | ours: {protocol} protocol, {split}, "
                          f"{profile} profile | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Paper: ImageNet conv1/conv2 initialisation, CUHK03 pre-training for the small sets, "
@@ -153,7 +149,6 @@ def build_report(runs_dir):
     """Write report.md, report_cmc.png, report_ranked_<dataset>.png under runs_dir.
 
     Returns (markdown, [written paths])."""
-    from mtdnet import plots
     results = find_results(runs_dir)
     if not results:
         raise MtdnetError(f"{runs_dir}: no cmc-<protocol>.json results; run `make eval` first")
@@ -168,7 +163,7 @@ def build_report(runs_dir):
         shutil.copyfile(png, tmp)
         os.replace(tmp, dst)
         written.append(dst)
-        lines.append(f"- {DATASET_TITLES.get(d, d)}: `{os.path.basename(dst)}` "
+        lines.append(f"- {dataset_title(d)}: `{os.path.basename(dst)}` "
                      f"(from `{r['run']}`, {r['protocol']} protocol, rank-1 {r['rank1']:.2f})")
     md = ("# MTDnet reproduction: Table 1\n\n" + table1_markdown(results)
           + "\nCMC curves: `report_cmc.png`. Ranked galleries (probe and top 10, true match framed "

@@ -19,9 +19,14 @@ most `memory` bytes: memory stays bounded for any number of pairs.
 import os
 import tempfile
 
+import caffe
 import numpy as np
+from caffe import layers as L
+from tqdm import tqdm
 
-from mtdnet import MtdnetError
+from mtdnet.cmc import squared_euclidean_distances
+from prototxt.weights import read_caffemodel
+from spec import MtdnetError
 
 MIRRORS = (False, True)
 SCORE_BATCH = 64          # pairs (or images) per forward pass: speed only, not the result
@@ -31,33 +36,20 @@ SCORE_BATCH = 64          # pairs (or images) per forward pass: speed only, not 
 # held by the caller) and Caffe's activations for one batch come on top.
 SCORE_MEMORY = 1 << 30
 PAIR_PASSES = 8
-# What each score kind means (recorded in cmc.json).
-SCORE_KINDS = {
-    "pair": "mean softmax P(same) over 8 passes (probe, gallery each original or mirrored; "
-            "both input orders)",
-    "feature": "squared Euclidean distance of the L2-normalised features, mean over the 4 "
-               "mirror combinations",
-}
 
 
-def _caffe():
-    # Caffe's glog chatter on every net construction hides the progress bar.
-    # glog reads the variable when libcaffe loads; restore it right after, so
-    # `caffe` processes started later from this process still log normally.
-    before = os.environ.get("GLOG_minloglevel")
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    try:
-        import caffe
-    finally:
-        if before is None:
-            os.environ.pop("GLOG_minloglevel", None)
-    caffe.set_mode_cpu()
-    return caffe
+def use_device(gpu=False, device=0):
+    """Caffe's mode for the nets built next in this thread: CPU, or GPU `device` (a CUDA build)."""
+    if gpu:
+        caffe.set_device(device)
+        caffe.set_mode_gpu()
+    else:
+        caffe.set_mode_cpu()
 
 
 def load_net(deploy, weights):
-    """A TEST-phase net with `weights`; a model that doesn't fit the net is a clear error."""
-    caffe = _caffe()
+    """A TEST-phase net with `weights` (in the mode use_device set; Caffe's default is CPU);
+    a model that doesn't fit the net is a clear error."""
     for path, what in ((deploy, "deploy net"), (weights, "model")):
         if not os.path.exists(path):
             raise MtdnetError(f"{path}: {what} not found")
@@ -69,7 +61,6 @@ def load_net(deploy, weights):
 
 def _check_fits(net, weights):
     """Caffe aborts the process on a shape mismatch: check first, name the layer."""
-    from prototxt.weights import read_caffemodel
     stored = {name: [a.shape for a in arrays] for name, arrays in read_caffemodel(weights).items()}
     missing = []
     for name, blobs in net.params.items():
@@ -113,7 +104,7 @@ def _batch(images, which, mirrored):
     return np.ascontiguousarray(mirror(x) if mirrored else x, dtype=np.float32)
 
 
-def _set_batch(net, names, n):
+def set_batch(net, names, n):
     if net.blobs[names[0]].data.shape[0] != n:
         for name in names:
             net.blobs[name].reshape(n, *net.blobs[name].data.shape[1:])
@@ -134,7 +125,7 @@ def pair_scores_naive(net, probes, gallery, batch=SCORE_BATCH, progress=None, me
     for s in range(0, P * G, batch):
         idx = np.arange(s, min(P * G, s + batch))
         pi, gj = idx // G, idx % G
-        _set_batch(net, ("data_1", "data_2"), idx.size)
+        set_batch(net, ("data_1", "data_2"), idx.size)
         for mp in MIRRORS:
             a = _batch(probes, pi, mp)
             for mg in MIRRORS:
@@ -164,8 +155,6 @@ class Conv3Halves:
     """
 
     def __init__(self, net):
-        caffe = _caffe()
-        from caffe import layers as L
         w, b = (p.data for p in net.params[CONV3])
         o, c2, kh, kw = w.shape
         c, h, wd = net.blobs[TRUNK_END[0]].data.shape[1:]
@@ -206,10 +195,10 @@ class Conv3Halves:
             for s in range(0, n, batch):
                 e = min(n, s + batch)
                 x = _batch(images, slice(start + s, start + e), m)
-                _set_batch(net, ("data_1", "data_2"), len(x))
+                set_batch(net, ("data_1", "data_2"), len(x))
                 net.blobs["data_1"].data[...] = x
                 net.forward(end=TRUNK_END[0])
-                _set_batch(self.net, ("x",), len(x))
+                set_batch(self.net, ("x",), len(x))
                 self.net.blobs["x"].data[...] = net.blobs[TRUNK_END[0]].data
                 y = self.net.forward()["y"]
                 cache[k, 0, s:e] = y[:, :self.o]
@@ -240,7 +229,7 @@ def _score_block(net, hp, hg, n_p, n_g, out, batch, progress):
     for s in range(0, n_p * n_g, batch):
         idx = np.arange(s, min(n_p * n_g, s + batch))
         pi, gj = idx // n_g, idx % n_g
-        _set_batch(net, ("data_1", "data_2"), idx.size)
+        set_batch(net, ("data_1", "data_2"), idx.size)
         acc = np.zeros(idx.size, np.float64)
         for mp in range(len(MIRRORS)):
             for mg in range(len(MIRRORS)):
@@ -293,7 +282,7 @@ def features(net, images, batch=SCORE_BATCH, progress=None):
         feats = None
         for s in range(0, len(images), batch):
             x = _batch(images, slice(s, s + batch), m)
-            _set_batch(net, ("data",), len(x))
+            set_batch(net, ("data",), len(x))
             net.blobs["data"].data[...] = x
             f = net.forward()["feature"].reshape(len(x), -1)
             if feats is None:
@@ -307,7 +296,6 @@ def features(net, images, batch=SCORE_BATCH, progress=None):
 
 def feature_distances(probe_feats, gallery_feats):
     """(P, G) squared Euclidean distance averaged over the 4 mirror combinations."""
-    from mtdnet.evaluation import squared_euclidean_distances
     d = 0.0
     for mp in MIRRORS:
         for mg in MIRRORS:
@@ -322,7 +310,6 @@ def score_matrix(kind, net, probes, gallery, scorer="fast", batch=SCORE_BATCH, p
     progress=True shows a tqdm bar (pairs or images); False shows none.
     memory: bytes of cached activations the fast pair scorer may hold.
     """
-    from tqdm import tqdm
     if kind == "pair":
         try:
             fn = PAIR_SCORERS[scorer]

@@ -22,13 +22,14 @@ the same for every profile; widths, input size, margins and batch come from the
 profile; weight filler stds are the authors' at the paper profile and scaled
 with the fan-in elsewhere (weight_std).
 """
+import importlib
 import json
 
 import caffe
 from caffe import layers as L, params as P
 
 from layers.triplet_loss import NORM_EPS
-from mtdnet import MtdnetError
+from spec import MtdnetError, get_profile
 
 STREAMS = ("", "_p", "_n")            # anchor, positive, negative
 DATA_TOPS = ("data_a", "data_p", "data_n")
@@ -88,7 +89,6 @@ def weight_std(profile, key, tag="pair"):
     the same std their activations would shrink layer after layer until the bias fillers
     swamp them; the std is scaled by sqrt(paper fan-in / fan-in) so every layer starts with
     the paper net's output variance."""
-    from mtdnet.profiles import get_profile
     ratio = fan_in(get_profile("paper"), key, tag) / fan_in(profile, key, tag)
     return float(f"{STD[key] * ratio ** 0.5:.4g}")
 
@@ -239,46 +239,69 @@ def mtdnet_body(n, data, profile, trp_weight, d="", frozen=False, order="blocked
     return fc7, labels
 
 
-def train_net(variant, profile, batch, target, source=None, seed=None):
-    """The NetSpec of a train net. target/source: (images.lmdb, train_triplets.npy) path pairs.
+# Train-net builders, named by the variant registry (spec/variants.py):
+# f(profile, batch, seed, target, source) -> NetSpec; target / source are
+# (images.lmdb, train_triplets.npy) path pairs (a mixed variant's target holds
+# lists: the target's files and the source's), source is None unless the variant
+# reads the source dataset as a separate stream.
 
-    variant: mtdnet, cls (triplet loss weight 0), rnk, aug (`target` is then a
-    pair of lists: the target's and the source's files), cross.
-    """
-    _check(profile)
-    seed = profile.seed if seed is None else seed
+def mtdnet_net(profile, batch, seed, target, source=None, trp_weight=1):
+    """MTDnet (and MTDnet-aug, on mixed data): triplet loss + pair classifier."""
     n = caffe.NetSpec()
-    data = data_layer(n, target[0], target[1], batch, profile, seed)
-    if variant in ("mtdnet", "aug"):
-        mtdnet_body(n, data, profile, trp_weight=1)
-    elif variant == "cls":
-        mtdnet_body(n, data, profile, trp_weight=0)
-    elif variant == "rnk":
-        feats = []
-        for x, s in zip(data, STREAMS):
-            norm2 = trunk(n, x, s, "", profile, False)
-            feats.append(upper(n, norm2, "rnk", s, "", profile, False, out=profile.feat)[1])
-        _triplet_loss(n, feats, profile, 1)
-    elif variant == "cross":
-        if batch < 2:
-            raise MtdnetError("the cross-domain net needs at least 2 triplets per batch "
-                              "(with one, both pair orders coincide and the XNOR label is constant)")
-        fc7, labels = mtdnet_body(n, data, profile, trp_weight=1)
-        # Another seed, so the two data layers do not mirror in lockstep.
-        src = data_layer(n, source[0], source[1], batch, profile, seed + 1, d=SRC)
-        # Source pairs interleaved, target pairs blocked: the XNOR label is then
-        # 1 for half the rows and 0 for the others (blocked twice would give all 1).
-        fc7_src, labels_src = mtdnet_body(n, src, profile, None, d=SRC, frozen=True, order="interleaved",
-                                          losses=False)
-        a = l2_normalize(n, fc7, "fc7_pair_l2")
-        b = l2_normalize(n, fc7_src, "fc7_pair_l2" + SRC)
-        n.cts_labels = _python([labels_src, labels], "layers.xnor_label", "XnorLabelLayer", {},
-                               propagate_down=[False, False])
-        n.cts_loss = L.ContrastiveLoss(a, b, n.cts_labels, margin=profile.contrastive_margin, loss_weight=1,
-                                       propagate_down=[True, False, False])
-    else:
-        raise MtdnetError(f"no train net for variant '{variant}'")
+    mtdnet_body(n, data_layer(n, target[0], target[1], batch, profile, seed), profile, trp_weight=trp_weight)
     return n
+
+
+def cls_net(profile, batch, seed, target, source=None):
+    """MTDnet-cls: MTDnet with the triplet loss weight 0."""
+    return mtdnet_net(profile, batch, seed, target, trp_weight=0)
+
+
+def rnk_net(profile, batch, seed, target, source=None):
+    """MTDnet-rnk: three AlexNet streams (shared weights) and the triplet loss only."""
+    n = caffe.NetSpec()
+    feats = []
+    for x, s in zip(data_layer(n, target[0], target[1], batch, profile, seed), STREAMS):
+        norm2 = trunk(n, x, s, "", profile, False)
+        feats.append(upper(n, norm2, "rnk", s, "", profile, False, out=profile.feat)[1])
+    _triplet_loss(n, feats, profile, 1)
+    return n
+
+
+def cross_net(profile, batch, seed, target, source=None):
+    """MTDnet-cross: the target MTDnet, a frozen source copy and the contrastive loss between
+    their L2-normalised fc7_pair, labelled by the XNOR of the pairs' labels."""
+    n = caffe.NetSpec()
+    fc7, labels = mtdnet_body(n, data_layer(n, target[0], target[1], batch, profile, seed), profile,
+                              trp_weight=1)
+    # Another seed, so the two data layers do not mirror in lockstep.
+    src = data_layer(n, source[0], source[1], batch, profile, seed + 1, d=SRC)
+    # Source pairs interleaved, target pairs blocked: the XNOR label is then
+    # 1 for half the rows and 0 for the others (blocked twice would give all 1).
+    fc7_src, labels_src = mtdnet_body(n, src, profile, None, d=SRC, frozen=True, order="interleaved",
+                                      losses=False)
+    a = l2_normalize(n, fc7, "fc7_pair_l2")
+    b = l2_normalize(n, fc7_src, "fc7_pair_l2" + SRC)
+    n.cts_labels = _python([labels_src, labels], "layers.xnor_label", "XnorLabelLayer", {},
+                           propagate_down=[False, False])
+    n.cts_loss = L.ContrastiveLoss(a, b, n.cts_labels, margin=profile.contrastive_margin, loss_weight=1,
+                                   propagate_down=[True, False, False])
+    return n
+
+
+def train_net(variant, profile, batch, target, source=None, seed=None):
+    """The NetSpec of `variant`'s train net (a spec.Variant), through its registered builder."""
+    _check(profile)
+    if batch < variant.min_batch:
+        raise MtdnetError(f"variant '{variant.key}' needs at least {variant.min_batch} triplets per batch, "
+                          f"got {batch}")
+    module, _, func = variant.net.partition(":")
+    try:
+        build = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as e:
+        raise MtdnetError(f"variant '{variant.key}': its net builder {variant.net} cannot be loaded ({e})") \
+            from None
+    return build(profile, batch, profile.seed if seed is None else seed, target, source)
 
 
 def _inputs(n, names, profile, batch=1):

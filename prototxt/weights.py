@@ -14,9 +14,9 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from mtdnet import MtdnetError
-from mtdnet.fsutil import atomic_write_json
-from mtdnet.profiles import Profile
+from spec import MtdnetError
+from spec.fsutil import atomic_write_json
+from spec.profiles import Profile
 
 IMAGENET_LAYERS = ("conv1", "conv2")
 SRC = "_src"
@@ -66,7 +66,7 @@ def read_caffemodel(path):
     return out
 
 
-def _read_net(path):
+def read_net(path):
     try:
         text = open(path).read()
     except FileNotFoundError:
@@ -106,7 +106,7 @@ def with_input_layers(net, batch=1, where="net"):
 def instantiate(net_path, seed=None):
     """A caffe.Net (TRAIN phase, fillers seeded) of the prototxt at net_path, data layers as inputs."""
     import caffe
-    net_param, data_seed = with_input_layers(_read_net(net_path), where=net_path)
+    net_param, data_seed = with_input_layers(read_net(net_path), where=net_path)
     seed = seed if seed is not None else (data_seed if data_seed is not None else DEFAULT_SEED)
     fd, tmp = tempfile.mkstemp(suffix=".prototxt")
     try:

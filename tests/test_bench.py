@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from mtdnet import REPO_ROOT, bench
+from mtdnet import bench, caffelog
+from spec import REPO_ROOT
 
 TOOL = [sys.executable, os.path.join(REPO_ROOT, "tools", "bench.py")]
 
@@ -103,13 +104,13 @@ def test_caffe_log_iteration_times():
                f"I{day1} 23:59:59.600000 1 sgd_solver.cpp:106] Iteration 10, lr = 0.001\n"
                f"I{day2} 00:00:00.250000 1 solver.cpp:231] Iteration 11, loss = nan\n"
                f"I{day2} 00:00:01.000000 1 solver.cpp:231] Iteration 12, loss = 1.2\n")
-        t = bench.iteration_times(log)
+        t = caffelog.iteration_times(log)
         assert sorted(t) == [10, 11, 12]
         assert (t[11], t[12]) == (pytest.approx(0.75), pytest.approx(1.5))
     log = ("I1125 caffe.cpp:402] Iteration: 1 forward-backward time: 812 ms.\n"
            "I1125 caffe.cpp:402] Iteration: 2 forward-backward time: 790.5 ms.\n"
            "I1125 caffe.cpp:420] Average Forward-Backward: 801.2 ms.\n")
-    assert bench.caffe_time_ms(log) == [812.0, 790.5]
+    assert caffelog.caffe_time_ms(log) == [812.0, 790.5]
 
 
 def test_pair_macs_split_the_net():

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from mtdnet import REPO_ROOT, caffe_run
+from mtdnet import caffe_run
+from spec import REPO_ROOT
 from tests.helpers import make_image_lmdb, toy_net_text, toy_solver_text, wait_for
 
 S = 24  # image side: big enough that iterations take a little time
@@ -33,7 +34,7 @@ def toy_run(tmp_path):
 
 def _driver(solver, log, max_iter, prefix):
     """Run caffe_run.train in a child Python, as `make train` does."""
-    code = ("import sys; from mtdnet import caffe_run; from mtdnet.fsutil import cli_main; "
+    code = ("import sys; from mtdnet import caffe_run; from mtdnet.cli import cli_main; "
             f"cli_main(lambda: print('FINAL', caffe_run.train({solver!r}, {log!r}, {max_iter}, {prefix!r}, "
             "progress=False)))")
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE,

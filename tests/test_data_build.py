@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep import fixtures as F
+from tests import fixtures as F
 from data_prep import imagedb, load_prepared, prepare, prepared_dir
 from data_prep.imagedb import ImageDB
 from data_prep.records import read_image_file, resize_chw
-from mtdnet import MtdnetError, REPO_ROOT
+from spec import MtdnetError, REPO_ROOT
 
 VIPER = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datasets", "VIPeR"))
 PY = sys.executable

@@ -6,11 +6,11 @@ import h5py
 import numpy as np
 import pytest
 
-from data_prep import fixtures as F
+from tests import fixtures as F
 from data_prep.datasets import READERS, default_root, read_dataset
 from data_prep.records import load_image, paper_split
-from mtdnet import MtdnetError, REPO_ROOT
-from mtdnet.profiles import DATASETS
+from spec import MtdnetError, REPO_ROOT
+from spec.profiles import DATASETS
 
 VIPER = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datasets", "VIPeR"))
 needs_viper = pytest.mark.skipif(not os.path.isdir(VIPER), reason=f"real VIPeR not at {VIPER}")

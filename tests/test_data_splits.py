@@ -5,12 +5,12 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from data_prep import fixtures as F
+from tests import fixtures as F
 from data_prep import protocol
 from data_prep.datasets import read_dataset
 from data_prep.records import paper_split
 from data_prep.triplets import make_triplets, positive_pairs
-from mtdnet import MtdnetError, REPO_ROOT
+from spec import MtdnetError, REPO_ROOT
 
 VIPER = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datasets", "VIPeR"))
 CUHK03_PAIRS = [843, 440, 77, 58, 49]   # persons per camera pair in cuhk-03.mat

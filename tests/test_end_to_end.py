@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import data_prep
-from mtdnet import REPO_ROOT, evaluate, scoring, training
-from mtdnet.profiles import get_profile
+from mtdnet import evaluate, scoring, training
+from spec import REPO_ROOT
+from spec.profiles import get_profile
 
 PROFILE = "tiny"
 # Iterations of the end-to-end run (a couple of minutes on 2 cores).
@@ -41,7 +42,7 @@ def test_training_lowers_the_loss_and_records_the_run(project):
     assert os.path.exists(os.path.join(root, info["model"]))
     run = os.path.join(root, "runs", "synthetic-mtdnet-tiny")
     assert os.path.getsize(os.path.join(run, "loss.png")) > 0
-    from mtdnet.plots import read_caffe_log
+    from mtdnet.caffelog import read_caffe_log
     log = read_caffe_log(os.path.join(run, "train.log"))
     trp = np.array(log["outputs"]["trp_loss"][1])
     # The triplet loss of the last tenth is well below where it started.

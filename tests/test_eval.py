@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from data_prep.prepared import Prepared
-from mtdnet import REPO_ROOT, MtdnetError
+from spec import REPO_ROOT, MtdnetError
 from mtdnet import evaluate as E
-from mtdnet import evaluation, plots
-from mtdnet.profiles import get_profile
-from tests.test_scoring import make_model, prepare_synthetic, save_deploy_model
+from mtdnet import cmc, plots
+from spec.profiles import get_profile
+from tests.helpers import deploy_file, make_model, prepare_synthetic, save_deploy_model
 
 PY = sys.executable
 KEYS = ("protocol", "rank1", "rank5", "rank10", "rank20", "mAP", "trials", "cmc", "model", "profile",
@@ -140,7 +140,7 @@ def test_paper_eval_writes_consistent_results(world):
     assert z["scores"].shape == (6, 6) and z["scores"].std() > 1e-4
     pid = {im["index"]: im["person_id"] for im in load(os.path.join(world["data"], "synthetic-tiny-paper",
                                                                    "images.json"))}
-    ev = evaluation.evaluate(z["scores"], [pid[i] for i in z["rows"]], [pid[i] for i in z["cols"]],
+    ev = cmc.evaluate(z["scores"], [pid[i] for i in z["rows"]], [pid[i] for i in z["cols"]],
                              higher_is_better=True)
     assert round(100 * ev.rank(1), 4) == r["rank1"] and round(100 * ev.mAP, 4) == r["mAP"]
     with Image.open(os.path.join(out, "cmc-paper.png")) as im:
@@ -225,7 +225,6 @@ def test_bad_arguments(world):
 
 def test_nan_model_is_reported(world, tmp_path):
     import caffe
-    from tests.test_scoring import deploy_file
     net = caffe.Net(deploy_file(str(tmp_path), "pair_score"), caffe.TEST)
     net.copy_from(world["model"])
     net.params["fc8_pair"][0].data[...] = np.nan

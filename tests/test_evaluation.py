@@ -7,25 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtdnet import MtdnetError
-from mtdnet import evaluation as E
+from spec import MtdnetError
+from mtdnet import cmc as E
 from mtdnet import plots
-from mtdnet import protocols as P
-
-
-def loop_rank_ap(scores, probe_ids, gallery_ids, higher_is_better):
-    """Reference: sort each probe's gallery (ties: wrong images first), read the ranks."""
-    ranks, aps = [], []
-    for i, pid in enumerate(probe_ids):
-        row = [float(x) if higher_is_better else -float(x) for x in scores[i]]
-        match = [gid == pid for gid in gallery_ids]
-        order = sorted(range(len(row)), key=lambda j: (-row[j], match[j]))
-        hits = [pos + 1 for pos, j in enumerate(order) if match[j]]
-        if not hits:
-            continue
-        ranks.append(hits[0])
-        aps.append(sum((h + 1) / pos for h, pos in enumerate(hits)) / len(hits))
-    return np.array(ranks), np.array(aps)
+from mtdnet import trials as P
+from mtdnet.cmc import loop_rank_ap
+from data_prep.datasets import default_root
+from data_prep.records import SPLITS_DIR
 
 
 def test_simple_ranks_cmc_and_map():
@@ -263,10 +251,8 @@ def test_combine_splits():
 # round (as similarities) must fall to about chance or below, which catches a
 # flipped score direction or a broken identity alignment.
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "..", "shared")
-VIPER = os.path.join(SHARED, "datasets", "VIPeR")
-SPLIT = os.path.join(SHARED, "paper", "splits", "viper_test.json")
+VIPER = default_root("viper")
+SPLIT = os.path.join(SPLITS_DIR, "viper_test.json")   # the authors' recorded split, shipped
 
 
 def stripe_histograms(path, stripes=8, bins=8):

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -20,13 +19,11 @@ from google.protobuf import text_format
 import caffe
 from caffe.proto import caffe_pb2
 
-from data_prep.imagedb import write_image_lmdb
 from layers import pair_regroup, triplet_data, triplet_loss, xnor_label
 from layers.params import parse_params
-from mtdnet import REPO_ROOT, MtdnetError
-from mtdnet.profiles import DATASETS, PROFILES, get_profile
+from spec import REPO_ROOT, MtdnetError, Run, datasets, get_profile, variants
 from prototxt import generate, nets
-from tests.helpers import run_caffe
+from tests.helpers import make_reid_data, run_caffe
 
 caffe.set_mode_cpu()
 
@@ -37,38 +34,6 @@ PYTHON_LAYERS = {"layers.triplet_data": triplet_data, "layers.triplet_loss": tri
 BVLC_TYPES = {"Python", "Input", "Convolution", "ReLU", "Pooling", "LRN", "InnerProduct", "Dropout",
               "Concat", "SoftmaxWithLoss", "Softmax", "Accuracy", "Reduction", "Power", "Scale",
               "ContrastiveLoss"}
-
-
-def make_reid_data(d, size, n_ids=8, per_camera=2, seed=0):
-    """A small prepared-data directory: images.lmdb and train_triplets.npy.
-
-    Each identity wears two random colours (upper / lower half); camera 1 is
-    brighter than camera 0; pixel noise on top. Triplets: anchor, the same
-    identity in the other camera, another identity in the positive's camera.
-    """
-    rng = np.random.RandomState(seed)
-    colours = rng.randint(30, 226, size=(n_ids, 2, 3))
-    imgs, ids, cams = [], [], []
-    for i in range(n_ids):
-        for cam in range(2):
-            for _ in range(per_camera):
-                im = np.empty((3, size, size))
-                im[:, :size // 2] = colours[i, 0][:, None, None]
-                im[:, size // 2:] = colours[i, 1][:, None, None]
-                im += 20 * cam - 10 + rng.normal(0, 10, im.shape)
-                imgs.append(np.clip(im, 0, 255).astype(np.uint8))
-                ids.append(i)
-                cams.append(cam)
-    os.makedirs(d, exist_ok=True)
-    write_image_lmdb(os.path.join(d, "images.lmdb"), zip(imgs, ids))
-    ids, cams = np.array(ids), np.array(cams)
-    trips = [(a, p, rng.choice(np.flatnonzero((ids != ids[a]) & (cams == cams[p]))))
-             for a in range(len(ids)) for p in np.flatnonzero((ids == ids[a]) & (cams != cams[a]))
-             for _ in range(2)]
-    trips = np.array(trips, np.int32)
-    rng.shuffle(trips)
-    np.save(os.path.join(d, "train_triplets.npy"), trips)
-    return len(imgs), len(trips)
 
 
 def generate_cli(*args):
@@ -92,17 +57,26 @@ def tiny_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_project")
     p = generate_cli("--profile", "tiny", "--out", str(root))
     assert p.returncode == 0, p.stderr
-    for k, ds in enumerate(DATASETS):
+    for k, ds in enumerate(datasets.names()):
         make_reid_data(str(root / "data" / f"{ds}-tiny-paper"), get_profile("tiny").input_size, seed=k)
     return root
 
 
 # ---------------------------------------------------------------- the committed files
 
+TRAINED = [v.key for v in variants.trained_variants()]
+
+
+def expected_train_nets(profile):
+    """(dataset, variant) of every train net a profile has: trained variants on every dataset,
+    less the source dataset's cross-domain variants."""
+    return {(r.dataset.name, r.variant.key) for r in generate.runs_for(get_profile(profile))}
+
+
 def test_committed_files_equal_a_fresh_generation(tmp_path):
     p = generate_cli("--out", str(tmp_path))
     assert p.returncode == 0, p.stderr
-    for prof in PROFILES:
+    for prof in generate.COMMITTED:
         for top in ("prototxt", "solvers"):
             fresh = sorted(os.listdir(tmp_path / top / prof))
             committed_dir = os.path.join(REPO_ROOT, top, prof)
@@ -111,10 +85,23 @@ def test_committed_files_equal_a_fresh_generation(tmp_path):
             for name in fresh:
                 with open(tmp_path / top / prof / name) as a, open(os.path.join(committed_dir, name)) as b:
                     assert a.read() == b.read(), f"{top}/{prof}/{name} differs from the generator: run `make prototxt`"
-    # 3 deploy nets + 6 datasets x 5 train variants - cuhk03's aug and cross.
-    assert len(os.listdir(tmp_path / "prototxt" / "paper")) == 3 + 28
-    assert len(os.listdir(tmp_path / "solvers" / "paper")) == 28
+    pairs = expected_train_nets("paper")
+    assert {(d, v) for d in datasets.names() for v in TRAINED
+            if not (get_dataset_spec(d).source and variants.get_variant(v).source)} == pairs
+    assert sorted(os.listdir(tmp_path / "prototxt" / "paper")) == sorted(
+        [f"{d}_{v}_train.prototxt" for d, v in pairs] + [f"{k}.prototxt" for k in generate.DEPLOY_NETS])
+    assert sorted(os.listdir(tmp_path / "solvers" / "paper")) == sorted(f"{d}_{v}_solver.prototxt" for d, v in pairs)
     assert generate_cli("--check").returncode == 0
+    # Other profiles are generated on demand, not committed.
+    assert sorted(os.listdir(os.path.join(REPO_ROOT, "prototxt"))) == sorted(
+        list(generate.COMMITTED) + [f for f in os.listdir(os.path.join(REPO_ROOT, "prototxt"))
+                                    if not os.path.isdir(os.path.join(REPO_ROOT, "prototxt", f))
+                                    or f.startswith("__")])
+    assert generate.committed_problems() == []
+
+
+def get_dataset_spec(name):
+    return datasets.get_dataset(name).spec
 
 
 def test_check_names_changed_and_stale_files(tmp_path):
@@ -132,7 +119,7 @@ def test_check_names_changed_and_stale_files(tmp_path):
 
 
 def _committed(top, ext=".prototxt"):
-    for prof in PROFILES:
+    for prof in generate.COMMITTED:
         d = os.path.join(REPO_ROOT, top, prof)
         for name in sorted(os.listdir(d)):
             assert name.endswith(ext)
@@ -154,7 +141,7 @@ def test_committed_nets_parse_and_use_only_bvlc_layers():
         names = [x.name for x in net.layer]
         assert len(names) == len(set(names)), f"{path}: duplicate layer names"
         count += 1
-    assert count == len(PROFILES) * 31
+    assert count == sum(len(expected_train_nets(p)) + len(generate.DEPLOY_NETS) for p in generate.COMMITTED)
 
 
 def test_committed_solvers():
@@ -165,7 +152,7 @@ def test_committed_solvers():
         p = get_profile(prof)
         assert os.path.exists(os.path.join(REPO_ROOT, s.net)), f"{path}: net {s.net} missing"
         assert s.net == f"prototxt/{prof}/{dataset}_{variant}_train.prototxt"
-        assert (s.base_lr, s.max_iter) == pytest.approx(p.solver_settings(dataset))
+        assert (s.base_lr, s.max_iter) == pytest.approx(Run.create(dataset, variant, prof).solver_settings())
         assert s.type == "SGD"
         if p.lr_steps:
             assert s.lr_policy == "multistep" and s.gamma == pytest.approx(p.lr_gamma)
@@ -180,37 +167,33 @@ def test_committed_solvers():
 
 
 def test_lr_steps_follow_iters():
-    stepped = dataclasses.replace(get_profile("tiny"), name="stepped", lr_steps=(0.5, 0.75), lr_gamma=0.2)
-    with mock.patch.dict(PROFILES, stepped=stepped):
-        for iters, want in ((None, [150, 225]), (2000, [1000, 1500])):
-            s = caffe_pb2.SolverParameter()
-            text_format.Merge(generate.solver_text("viper", "mtdnet", "stepped", iters=iters), s)
-            assert s.lr_policy == "multistep" and list(s.stepvalue) == want and s.gamma == pytest.approx(0.2)
-        with pytest.raises(MtdnetError, match="ITERS must be >= 1"):
-            generate.solver_text("viper", "mtdnet", "stepped", iters=0)
+    run = Run.create("viper", "mtdnet", "tiny", overrides=["lr_steps=0.5:0.75", "lr_gamma=0.2"])
+    for iters, want in ((None, [150, 225]), (2000, [1000, 1500])):
+        s = caffe_pb2.SolverParameter()
+        text_format.Merge(generate.solver_text(run, iters=iters), s)
+        assert s.lr_policy == "multistep" and list(s.stepvalue) == want and s.gamma == pytest.approx(0.2)
+    with pytest.raises(MtdnetError, match="ITERS must be >= 1"):
+        generate.solver_text(run, iters=0)
 
 
 def test_profile_shift_reaches_the_data_layer(tmp_path):
-    shifted = dataclasses.replace(get_profile("tiny"), name="shifted", shift=3)
-    with mock.patch.dict(PROFILES, shifted=shifted):
-        for prof, want in (("tiny", None), ("shifted", 3)):
-            path = tmp_path / f"{prof}.prototxt"
-            path.write_text(generate.train_net_text("viper", "mtdnet", prof))
-            assert json.loads(layer(read_net(str(path)), "data_a").python_param.param_str).get("shift") == want
-    small = dataclasses.replace(get_profile("tiny"), name="small", fc8_std=0.01)
-    with mock.patch.dict(PROFILES, small=small):
-        path = tmp_path / "small.prototxt"
-        path.write_text(generate.train_net_text("viper", "mtdnet", "small"))
-        net = read_net(str(path))
-        f = layer(net, "fc8_pair").inner_product_param.weight_filler
-        assert (f.type, f.std) == ("gaussian", pytest.approx(0.01))
-        assert layer(net, "fc7_pair").inner_product_param.weight_filler.type == "msra"
+    for k, (overrides, want) in enumerate((((), None), (["shift=3"], 3))):
+        path = tmp_path / f"{k}.prototxt"
+        path.write_text(generate.train_net_text(Run.create("viper", "mtdnet", "tiny", overrides=overrides)))
+        assert json.loads(layer(read_net(str(path)), "data_a").python_param.param_str).get("shift") == want
+    path = tmp_path / "small.prototxt"
+    path.write_text(generate.train_net_text(Run.create("viper", "mtdnet", "tiny", overrides=["fc8_std=0.01"])))
+    net = read_net(str(path))
+    f = layer(net, "fc8_pair").inner_product_param.weight_filler
+    assert (f.type, f.std) == ("gaussian", pytest.approx(0.01))
+    assert layer(net, "fc7_pair").inner_product_param.weight_filler.type == "msra"
 
 
 def test_scratch_profile_starts_every_bias_at_zero():
     """The from-scratch profile's one change to the net: He weights and zero biases (cpu: CaffeNet's 1s)."""
     for prof, biases in (("scratch", {0.0}), ("cpu", {0.0, 1.0, 0.1})):
-        net = read_net(os.path.join(REPO_ROOT, f"prototxt/{prof}/viper_mtdnet_train.prototxt"))
+        net = caffe_pb2.NetParameter()
+        text_format.Merge(generate.train_net_text(Run.create("viper", "mtdnet", prof)), net)
         params = [getattr(l, f) for l in net.layer
                   for f in ("convolution_param", "inner_product_param") if l.HasField(f)]
         assert {round(p.bias_filler.value, 6) for p in params} == biases
@@ -246,7 +229,7 @@ def test_every_tiny_net_instantiates_and_runs(tiny_root, monkeypatch):
     monkeypatch.chdir(tiny_root)
     prof = get_profile("tiny")
     train = sorted(f for f in os.listdir("prototxt/tiny") if f.endswith("_train.prototxt"))
-    assert len(train) == 28
+    assert train == sorted(f"{d}_{v}_train.prototxt" for d, v in expected_train_nets("tiny"))
     for f in train:
         net = caffe.Net(f"prototxt/tiny/{f}", caffe.TRAIN)
         out = net.forward()
@@ -349,7 +332,7 @@ def test_cpu_profile_geometry(paper_root, monkeypatch):
         (1, 2 * prof.conv2, 7, 7)
     for f in ("feature", "rnk_feature"):
         assert caffe.Net(f"prototxt/cpu/{f}.prototxt", caffe.TEST).blobs["feature"].data.shape == (1, prof.feat)
-    for v in generate.TRAIN_VARIANTS:
+    for v in TRAINED:
         net = caffe.Net(f"prototxt/cpu/viper_{v}_train.prototxt", caffe.TRAIN)
         assert net.blobs["norm2"].data.shape == (2, prof.conv2, 7, 7)
         if v != "rnk":
@@ -369,7 +352,7 @@ def test_bad_profiles_are_rejected():
 # ---------------------------------------------------------------- the caffe binary
 
 def test_caffe_time_runs_each_tiny_train_net(tiny_root):
-    for v in generate.TRAIN_VARIANTS:
+    for v in TRAINED:
         rc, log = run_caffe(["time", "-model", f"prototxt/tiny/viper_{v}_train.prototxt", "-iterations", "2"],
                             cwd=str(tiny_root))
         assert rc == 0, log[-3000:]
@@ -377,7 +360,8 @@ def test_caffe_time_runs_each_tiny_train_net(tiny_root):
 
 
 def test_caffe_train_tiny_lowers_the_loss(tiny_root):
-    files = generate.files_for("synthetic", "mtdnet", "tiny")
+    run = Run.create("synthetic", "mtdnet", "tiny")
+    files = dict(snapshot_prefix=run.generated_snapshot_prefix(), solver=run.generated_solver)
     os.makedirs(tiny_root / os.path.dirname(files["snapshot_prefix"]))
     rc, log = run_caffe(["train", "-solver", files["solver"]], cwd=str(tiny_root))
     assert rc == 0, log[-3000:]
@@ -429,7 +413,8 @@ def test_aug_reads_target_and_cuhk03(tiny_root, monkeypatch):
 
 def test_cross_domain_net(tiny_root, monkeypatch):
     monkeypatch.chdir(tiny_root)
-    files = generate.files_for("viper", "cross", "tiny")
+    run = Run.create("viper", "cross", "tiny")
+    files = dict(train=run.generated_net, solver=run.generated_solver, snapshot_prefix=run.generated_snapshot_prefix())
     net_param = read_net(files["train"])
     by_name = {x.name: x for x in net_param.layer}
     src = [x for x in net_param.layer if x.param and x.name.endswith("_src")]
@@ -476,7 +461,7 @@ def test_cross_domain_net(tiny_root, monkeypatch):
 
 def test_generator_options(tmp_path):
     p = generate_cli("--profile", "tiny", "--dataset", "viper", "--variant", "cross", "--split", "random3",
-                     "--gpu", "--batch", "4", "--data-root", "prepared", "--out", str(tmp_path))
+                     "--gpu", "--batch", "4", "--data-dir", "prepared", "--out", str(tmp_path))
     assert p.returncode == 0, p.stderr
     assert sorted(os.listdir(tmp_path / "solvers" / "tiny")) == ["viper_cross_solver.prototxt"]
     net = read_net(tmp_path / "prototxt/tiny/viper_cross_train.prototxt")
@@ -489,23 +474,24 @@ def test_generator_options(tmp_path):
     assert 'snapshot_prefix: "runs/viper-cross-tiny-random3/snapshots/viper_cross"' in solver
 
 
-def test_files_for():
-    f = generate.files_for("viper", "trp", "cpu")
-    assert f["train"] == "prototxt/cpu/viper_mtdnet_train.prototxt"
-    assert f["score"] == "prototxt/cpu/feature.prototxt"
-    assert f["run_dir"] == "runs/viper-mtdnet-cpu"
-    assert generate.files_for("viper", "rnk", "cpu")["score"] == "prototxt/cpu/rnk_feature.prototxt"
-    f = generate.files_for("ilids", "cross", "paper", split="random2")
-    assert f["data"] == ["data/ilids-paper-random2", "data/cuhk03-paper-paper"]
-    assert f["score"] == "prototxt/paper/pair_score.prototxt"
+def test_run_paths():
+    r = Run.create("viper", "trp", "cpu")
+    assert r.generated_net == "prototxt/cpu/viper_mtdnet_train.prototxt"
+    assert generate.deploy_path(r.profile, r.variant.deploy) == "prototxt/cpu/feature.prototxt"
+    assert r.project.rel(r.dir) == "runs/viper-mtdnet-cpu" and r.project.rel(r.result_dir) == "runs/viper-trp-cpu"
+    assert Run.create("viper", "rnk", "cpu").variant.deploy == "rnk_feature"
+    r = Run.create("ilids", "cross", "paper", split="random2")
+    assert [r.project.rel(d.dir) for d in r.all_data] == ["data/ilids-paper-random2", "data/cuhk03-paper-paper"]
+    assert r.variant.deploy == "pair_score"
 
 
 @pytest.mark.parametrize("args,msg", [
     (["--profile", "huge"], "unknown profile 'huge'; valid: paper, cpu, scratch, tiny"),
-    (["--dataset", "market1501"], "unknown dataset 'market1501'; valid: synthetic, viper, cuhk01, cuhk03, ilids, prid2011"),
+    (["--dataset", "market1501"], "unknown dataset 'market1501'; valid: synthetic, viper, cuhk01, cuhk03, "
+                                  "cuhk03detected, ilids, prid2011"),
     (["--variant", "siamese"], "unknown variant 'siamese'; valid: mtdnet, cls, rnk, trp, aug, cross"),
-    (["--split", "half"], "unknown split 'half'; valid: paper, val, random<k>, testsets<k>"),
-    (["--split", "random"], "unknown split 'random'"),  # a family of splits, not one directory
+    (["--split", "half"], "unknown split 'half'; valid: paper | val | random | random<k>"),
+    (["--split", "random"], "needs one split (random<k>, e.g. random0), not 'random'"),  # a family of splits
     (["--dataset", "cuhk03", "--variant", "cross"], "variant 'cross' needs a target dataset other than cuhk03"),
     (["--batch", "0"], "batch must be >= 1"),
     (["--variant", "cross", "--batch", "1"], "at least 2 triplets"),

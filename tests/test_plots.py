@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtdnet import REPO_ROOT, MtdnetError
-from mtdnet import evaluation as E
-from mtdnet import plots
+from spec import REPO_ROOT, MtdnetError
+from mtdnet import cmc as E
+from mtdnet import caffelog, plots
 from tests.helpers import run_caffe
 
 LOG_SNIPPET = """\
@@ -56,7 +56,7 @@ def pixels(path):
 
 
 def test_parse_log_snippet():
-    log = plots.parse_caffe_log(LOG_SNIPPET)
+    log = caffelog.parse_caffe_log(LOG_SNIPPET)
     # The resumed run (second half) supersedes iterations 40 and 60 of the first.
     assert log["iterations"] == [0, 20, 40, 60]
     assert log["loss"] == [2.07944, 1.5, 1.1, 1.0]
@@ -70,7 +70,7 @@ def test_parse_log_snippet():
 
 def test_parse_log_keeps_nan():
     first_run = LOG_SNIPPET.split("Solver scaffolding done.")[1]
-    log = plots.parse_caffe_log(first_run)
+    log = caffelog.parse_caffe_log(first_run)
     assert log["iterations"] == [0, 20, 40, 60]
     assert log["loss"][2] == 1.2 and math.isnan(log["loss"][3])
     assert math.isnan(log["outputs"]["cls_loss"][1][3])
@@ -79,11 +79,11 @@ def test_parse_log_keeps_nan():
 
 def test_read_caffe_log_errors(tmp_path):
     with pytest.raises(MtdnetError, match="Caffe log not found"):
-        plots.read_caffe_log(tmp_path / "none.log")
+        caffelog.read_caffe_log(tmp_path / "none.log")
     p = tmp_path / "empty.log"
     p.write_text("I1125 solver.cpp:60] Solver scaffolding done.\n")
     with pytest.raises(MtdnetError, match="empty.log: no 'Iteration N, loss = X' lines"):
-        plots.read_caffe_log(p)
+        caffelog.read_caffe_log(p)
 
 
 TINY_NET = """\
@@ -108,7 +108,7 @@ def test_real_caffe_log_parsed_and_plotted(tmp_path):
     rc, text = run_caffe(["train", "-solver", "solver.prototxt"], cwd=tmp_path, timeout=120)
     assert rc == 0, text[-2000:]
     (tmp_path / "train.log").write_text(text)
-    log = plots.read_caffe_log(tmp_path / "train.log")
+    log = caffelog.read_caffe_log(tmp_path / "train.log")
     # Caffe displays every 5 iterations and the final loss at max_iter.
     assert log["iterations"] == [0, 5, 10, 15, 20]
     assert log["lr"][1] == [0.01] * 4
@@ -125,9 +125,9 @@ def test_real_caffe_log_parsed_and_plotted(tmp_path):
 
 def test_loss_curve_marks_nan(tmp_path):
     first_run = LOG_SNIPPET.split("Solver scaffolding done.")[1]
-    log = plots.parse_caffe_log(first_run)
+    log = caffelog.parse_caffe_log(first_run)
     plots.plot_loss_curve(log, tmp_path / "nan.png", title="diverged")
-    plots.plot_loss_curve(plots.parse_caffe_log(LOG_SNIPPET), tmp_path / "ok.png",
+    plots.plot_loss_curve(caffelog.parse_caffe_log(LOG_SNIPPET), tmp_path / "ok.png",
                           title="diverged")
     assert png_size(tmp_path / "nan.png") == plots.LOSS_SIZE
     # The NaN marker is a red line; the resumed (finite) log has none.
@@ -237,7 +237,7 @@ def test_output_comparison_plot_and_cli(tmp_path):
     orange = ((px[..., 0] > 200) & (px[..., 1] > 100) & (px[..., 1] < 160) & (px[..., 2] < 60)).sum()
     assert blue > 100 and orange > 100
     with pytest.raises(MtdnetError, match="run 'b' has no train-net output accuracy"):
-        plots.plot_output_comparison({"b": plots.parse_caffe_log(second)}, ["accuracy"], tmp_path / "x.png")
+        plots.plot_output_comparison({"b": caffelog.parse_caffe_log(second)}, ["accuracy"], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
     p = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "compare_runs.py"), str(tmp_path / "a")],
                        capture_output=True, text=True)

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from mtdnet import MtdnetError
-from mtdnet import evaluation as E
-from mtdnet import protocols as P
+from spec import MtdnetError
+from mtdnet import cmc as E
+from mtdnet import trials as P
 
 
 def test_paper_trial_two_cameras():

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtdnet import REPO_ROOT, MtdnetError
-from mtdnet import evaluation, plots
+from spec import REPO_ROOT, MtdnetError
+from mtdnet import cmc, plots
 from mtdnet import report as R
 
 
 def result(dataset, variant, protocol="paper", ranks=(1, 1, 2, 3), gallery=4, **extra):
     """A cmc.json body from a real Evaluation of made-up ranks."""
-    ev = evaluation.Evaluation(ranks=np.array(ranks), ap=1.0 / np.array(ranks, float),
+    ev = cmc.Evaluation(ranks=np.array(ranks), ap=1.0 / np.array(ranks, float),
                                kept=np.arange(len(ranks)), excluded=np.zeros(0, int), gallery_size=gallery)
-    r = evaluation.protocol_result([ev], protocol, higher_is_better=True)
+    r = cmc.protocol_result([ev], protocol, higher_is_better=True)
     r.update(dataset=dataset, variant=variant, profile="cpu", split="paper", init="scratch (fillers)",
              iterations=5000, seed=1701, model=f"runs/{dataset}-{variant}-cpu/snapshots/m.caffemodel")
     r.update(extra)

@@ -11,59 +11,11 @@ import os
 import numpy as np
 import pytest
 
-from mtdnet import MtdnetError
+from spec import MtdnetError
 from mtdnet import scoring
-from mtdnet.profiles import get_profile
+from tests.helpers import PROFILE, deploy_file, make_model, prepare_synthetic, save_deploy_model
+from spec.profiles import get_profile
 
-PROFILE = "tiny"
-
-
-# ---- shared helpers ---------------------------------------------------------------
-
-def prepare_synthetic(root, split="paper", num_splits=1):
-    """data_prep's real builder on a 16-person synthetic set: root/raw, root/data/<...>."""
-    import data_prep
-    data_prep.prepare("synthetic", root=os.path.join(root, "raw"), profile=PROFILE, split=split,
-                      out_dir=os.path.join(root, "data"), num_splits=num_splits, progress=False,
-                      log=lambda *a: None, synthetic_params=dict(num_ids=16, num_test=6))
-    return os.path.join(root, "data")
-
-
-def randomize(net, seed):
-    """Redraw every weight at unit-variance scale (the fillers give near-constant outputs)."""
-    from mtdnet.bench import random_weights
-    random_weights(net, seed, get_profile(PROFILE).input_scale)
-
-
-def make_model(path, data_dir, variant="mtdnet", seed=0):
-    """A snapshot of the tiny `variant` train net (reading data_dir's synthetic data)."""
-    import caffe
-    from prototxt import generate
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    net_path = path + ".train.prototxt"
-    with open(net_path, "w") as f:
-        f.write(generate.train_net_text("synthetic", variant, PROFILE, data_root=data_dir))
-    net = caffe.Net(net_path, caffe.TEST)
-    randomize(net, seed)
-    net.save(path)
-    return path
-
-
-def deploy_file(tmp, kind, profile=PROFILE):
-    from prototxt import generate
-    path = os.path.join(tmp, f"{kind}-{profile}.prototxt")
-    with open(path, "w") as f:
-        f.write(generate.deploy_text(kind, profile))
-    return path
-
-
-def save_deploy_model(path, kind, profile, seed=0):
-    """A model shaped like `profile`'s deploy net `kind` (for mismatch tests)."""
-    import caffe
-    net = caffe.Net(deploy_file(os.path.dirname(path), kind, profile), caffe.TEST)
-    randomize(net, seed)
-    net.save(path)
-    return path
 
 
 # ---- fixtures -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 import caffe
 
-from mtdnet import REPO_ROOT
+from spec import REPO_ROOT
 from tests.helpers import make_image_lmdb, run_caffe, toy_net_text, toy_solver_text
 
 N, S, OUT = 4, 5, 3

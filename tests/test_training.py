@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import data_prep
-from data_prep import fixtures
-from mtdnet import REPO_ROOT, MtdnetError, training
+from tests import fixtures
+from mtdnet import training
+from spec import REPO_ROOT, MtdnetError
 from prototxt.weights import read_caffemodel
-from tests.test_weights import caffenet_like
+from tests.helpers import caffenet_like
 
 PROFILE = "tiny"
 
@@ -53,7 +54,7 @@ def test_scratch_then_resume_records_the_run(project):
 
 
 def test_imagenet_weights_initialise_conv1_conv2(project, tmp_path):
-    from mtdnet.profiles import get_profile
+    from spec.profiles import get_profile
     p = get_profile(PROFILE)
     imagenet = str(tmp_path / "caffenet.caffemodel")
     caffenet_like(imagenet, p.conv1, p.conv2)

@@ -14,40 +14,17 @@ import numpy as np
 import pytest
 
 import caffe
-from caffe import layers as L, params as P
 from caffe.proto import caffe_pb2
 
-from mtdnet import REPO_ROOT, MtdnetError
-from mtdnet.profiles import get_profile
+from spec import REPO_ROOT, MtdnetError
+from spec.profiles import get_profile
 from prototxt import generate, weights
 from tests.helpers import run_caffe
-from tests.test_generator import make_reid_data
+from tests.helpers import caffenet_like, make_reid_data
 
 caffe.set_mode_cpu()
 
 TOOL = [sys.executable, os.path.join(REPO_ROOT, "tools", "copy_imagenet_weights.py")]
-
-
-def caffenet_like(path, conv1, conv2, seed=3):
-    """A CaffeNet-shaped model (conv1 k11 s4, conv2 k5 group 2, conv3 over conv2's channels, fc8 1000)."""
-    n = caffe.NetSpec()
-    n.data = L.Input(shape=dict(dim=[1, 3, 63, 63]))
-    filler = dict(type="gaussian", std=0.1)
-    n.conv1 = L.Convolution(n.data, num_output=conv1, kernel_size=11, stride=4, weight_filler=filler,
-                            bias_filler=dict(type="gaussian", std=0.1))
-    n.pool1 = L.Pooling(n.conv1, pool=P.Pooling.MAX, kernel_size=3, stride=2)
-    n.conv2 = L.Convolution(n.pool1, num_output=conv2, kernel_size=5, pad=2, group=2, weight_filler=filler,
-                            bias_filler=dict(type="gaussian", std=0.1))
-    n.pool2 = L.Pooling(n.conv2, pool=P.Pooling.MAX, kernel_size=3, stride=2)
-    n.conv3 = L.Convolution(n.pool2, num_output=24, kernel_size=3, pad=1, weight_filler=filler)
-    n.fc8 = L.InnerProduct(n.conv3, num_output=1000, weight_filler=filler)
-    proto = path + ".prototxt"
-    with open(proto, "w") as f:
-        f.write(str(n.to_proto()))
-    caffe.set_random_seed(seed)
-    net = caffe.Net(proto, caffe.TEST)
-    net.save(path)
-    return {k: [b.data.copy() for b in v] for k, v in net.params.items()}
 
 
 def as_v1(blobs, path):

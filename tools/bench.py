@@ -22,13 +22,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet import MtdnetError  # noqa: E402
-from mtdnet.fsutil import cli_main  # noqa: E402
+from spec import MtdnetError  # noqa: E402
+from mtdnet.cli import cli_main  # noqa: E402
 
 
 def parse_blocks(text):
     """'paper=16x16,cpu=32x32' -> {'paper': (16, 16), 'cpu': (32, 32)}."""
-    from mtdnet.profiles import get_profile
+    from spec.profiles import get_profile
     out = {}
     for item in filter(None, (x.strip() for x in text.split(","))):
         try:
@@ -53,7 +53,7 @@ def positive(name, v):
 
 def main(argv=None):
     from mtdnet import bench
-    from mtdnet.profiles import DATASETS, get_profile
+    from spec.profiles import DATASETS, get_profile
     d = bench.Settings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", help=f"comma-separated, from: {', '.join(bench.PARTS)} (default: all)")
@@ -108,7 +108,7 @@ def main(argv=None):
             raise MtdnetError(f"--train-warmup must be >= 0, got {a.train_warmup}")
         kw["train_warmup"] = a.train_warmup
     if a.prep_dataset:
-        from mtdnet.profiles import check_dataset
+        from spec.profiles import check_dataset
         kw["prep_dataset"] = check_dataset(a.prep_dataset)
     if a.prep_root:
         kw["prep_root"] = os.path.abspath(a.prep_root)

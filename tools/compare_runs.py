@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet.fsutil import cli_main  # noqa: E402
+from mtdnet.cli import cli_main  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -36,7 +36,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     from mtdnet import plots
-    from mtdnet.fsutil import read_json
+    from spec.fsutil import read_json
     a = parse_args(argv)
     names = [os.path.basename(os.path.normpath(r)) for r in a.runs]
     if a.cmc:

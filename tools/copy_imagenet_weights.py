@@ -11,7 +11,7 @@ pycaffe with solver.net.copy_from(OUT).
 """
 import argparse
 
-from mtdnet.fsutil import cli_main
+from mtdnet.cli import cli_main
 from prototxt.weights import IMAGENET_LAYERS, init_from_imagenet
 
 

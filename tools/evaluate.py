@@ -18,20 +18,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet.fsutil import cli_main  # noqa: E402
-from mtdnet.profiles import DATASETS, PROFILES, VARIANTS  # noqa: E402
+from mtdnet.cli import add_experiment_args, cli_main, run_from_args  # noqa: E402
 
 
 def main(argv=None):
+    # Caffe's glog chatter on every net construction would hide the progress bars.
+    os.environ.setdefault("GLOG_minloglevel", "2")
     from mtdnet import evaluate as E
-    from mtdnet.protocols import PROTOCOLS
     from mtdnet.scoring import PAIR_SCORERS
+    from mtdnet.trials import PROTOCOLS
+    from spec import Split
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(DATASETS)}")
-    ap.add_argument("--variant", default="mtdnet", help=f"one of {', '.join(VARIANTS)}")
-    ap.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
-    ap.add_argument("--split", default="paper",
-                    help="paper, val, random<k>, or random = every random<k> run present (and their mean)")
+    add_experiment_args(ap, split_help="paper, val, random<k>, or random = every random<k> run present "
+                                       "(and their mean)")
     ap.add_argument("--splits", help="comma-separated random<k> splits to evaluate and average")
     ap.add_argument("--combine-only", action="store_true",
                     help="with --splits/--split random: average the splits' existing results, score nothing")
@@ -40,22 +39,19 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, help="random protocol: seed of the draws (default: the profile's)")
     ap.add_argument("--model", help="a .caffemodel (default: the run's newest snapshot)")
     ap.add_argument("--scorer", default="fast", help=f"pair scorer: {', '.join(PAIR_SCORERS)}")
-    ap.add_argument("--data-dir", help="where `make data` put the prepared splits (default: data/)")
-    ap.add_argument("--runs-dir", help="the runs folder (default: runs/)")
+    ap.add_argument("--gpu", action="store_true", help="score on the GPU (needs `make setup CUDA=1`)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    common = dict(protocol=a.protocol, trials=a.trials, data_dir=a.data_dir, runs_dir=a.runs_dir,
-                  scorer=a.scorer, seed=a.seed, progress=not a.no_progress)
-    if a.splits or a.split == "random":
-        if a.model:
-            from mtdnet import MtdnetError
-            raise MtdnetError("--model names one model; several splits use each split's own run")
-        _, runs_dir = E.default_dirs(a.data_dir, a.runs_dir)
+    ev = E.Evaluation(a.protocol, a.trials, a.seed, a.model, a.scorer, a.gpu)
+    split = Split.parse(a.split)
+    if a.splits or not split.concrete:
+        a.split = "paper"
+        run = run_from_args(a)
         splits = [s.strip() for s in a.splits.split(",") if s.strip()] if a.splits else \
-            E.random_splits_present(a.dataset, a.variant, a.profile, runs_dir)
-        E.evaluate_splits(a.dataset, a.variant, a.profile, splits, combine_only=a.combine_only, **common)
+            E.random_splits_present(run)
+        E.evaluate_splits(run, splits, ev, combine_only=a.combine_only, progress=not a.no_progress)
     else:
-        E.evaluate(a.dataset, a.variant, a.profile, a.split, model=a.model, **common)
+        E.evaluate(run_from_args(a), ev, progress=not a.no_progress)
     return 0
 
 

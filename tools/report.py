@@ -12,11 +12,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet.fsutil import cli_main  # noqa: E402
+from mtdnet.cli import cli_main  # noqa: E402
 
 
 def main(argv=None):
-    from mtdnet import REPO_ROOT
+    from spec import REPO_ROOT
     from mtdnet.report import build_report
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs-dir", default=os.path.join(REPO_ROOT, "runs"),

@@ -14,16 +14,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet.fsutil import cli_main  # noqa: E402
-from mtdnet.profiles import DATASETS, PROFILES, VARIANTS  # noqa: E402
+from mtdnet.cli import add_experiment_args, cli_main, run_from_args  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(DATASETS)}")
-    ap.add_argument("--variant", default="mtdnet", help=f"one of {', '.join(v for v in VARIANTS if v != 'trp')}")
-    ap.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)}")
-    ap.add_argument("--split", default="paper", help="paper, val (tuning: held-out training identities) or random<k>")
+    add_experiment_args(ap, split_help="paper, val (tuning: held-out training identities) or random<k>")
     ap.add_argument("--source-split", default="paper", help="the CUHK03 split aug / cross read (default paper)")
     ap.add_argument("--iters", type=int, help="max_iter (default: the profile's for this dataset)")
     ap.add_argument("--weights", help="an ImageNet CaffeNet/AlexNet caffemodel (conv1/conv2 are copied) "
@@ -31,8 +27,7 @@ def main():
     ap.add_argument("--gpu", action="store_true", help="solver_mode GPU (needs `make setup CUDA=1`)")
     a = ap.parse_args()
     from mtdnet import training
-    training.train(a.dataset, a.variant, a.profile, a.split, a.iters, a.weights, a.gpu,
-                   source_split=a.source_split)
+    training.train(run_from_args(a, source_split=a.source_split), a.iters, a.weights, a.gpu)
 
 
 if __name__ == "__main__":

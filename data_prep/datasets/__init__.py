@@ -1,39 +1,38 @@
-"""Dataset readers: one module per dataset, registered here.
+"""Dataset readers, one module per dataset, found through spec's dataset registry.
 
-A reader module has KEY, NAME and read(root=None, **options) -> records.Dataset;
-`root` defaults to ../shared/datasets/<DIRNAME> beside the repository (the
-synthetic dataset: data/raw/synthetic). Adding a dataset = one module + one line.
+A reader module has NAME and read(root, **options) -> records.Dataset; its
+registry entry (spec/datasets.py) names the module, the default folder and the
+options. Adding a dataset = its reader module + one registry entry.
 """
-from mtdnet import MtdnetError
-from mtdnet.profiles import check_dataset
-from data_prep.datasets import cuhk01, cuhk03, ilids, prid2011, synthetic, viper
+import importlib
+import os
 
-READERS = {m.KEY: m for m in (synthetic, viper, cuhk01, cuhk03, ilids, prid2011)}
-OPTIONS = {"cuhk03": {"images": cuhk03.IMAGE_SETS}}   # reader options and their values
+from spec import MtdnetError, Project, get_dataset
+from spec.datasets import DATASETS_DIR
 
 
-def get_reader(name):
-    check_dataset(name)
+def get_reader(dataset):
+    """The reader module of a Dataset (or dataset name)."""
+    spec = get_dataset(dataset).spec
     try:
-        return READERS[name]
-    except KeyError:
-        raise MtdnetError(f"dataset '{name}' has no reader; readers: {', '.join(READERS)}") from None
+        return importlib.import_module(spec.reader)
+    except ImportError as e:
+        raise MtdnetError(f"dataset '{spec.key}': its reader {spec.reader} cannot be imported ({e})") from None
 
 
-def default_root(name):
-    m = get_reader(name)
-    if m is synthetic:
-        return synthetic.default_root()
-    from data_prep.records import default_root as shared_root
-    return shared_root(m.DIRNAME)
+def default_root(dataset, project=None):
+    """Where the raw data is looked for unless DATA_ROOT says: <datasets dir>/<dirname>,
+    or for a generated dataset (no dirname) data/raw/<key> of the project."""
+    spec = get_dataset(dataset).spec
+    if not spec.dirname:
+        return os.path.join((project or Project()).data_dir, "raw", spec.key)
+    return os.path.join(DATASETS_DIR, spec.dirname)
 
 
-def read_dataset(name, root=None, **options):
-    m = get_reader(name)
-    allowed = OPTIONS.get(name, {})
-    for k, v in options.items():
-        if k not in allowed:
-            raise MtdnetError(f"dataset '{name}' has no option '{k}'")
-        if v not in allowed[k]:
-            raise MtdnetError(f"dataset '{name}': option {k}='{v}'; valid: {', '.join(allowed[k])}")
-    return m.read(root or default_root(name), **options)
+def read_dataset(dataset, root=None, project=None, **options):
+    """Records and facts of a dataset; `dataset` is a Dataset or a name, options as get_dataset's."""
+    ds = get_dataset(dataset, **options)
+    data = get_reader(ds).read(root or default_root(ds, project), **ds.option_dict)
+    data.facts.key = ds.key
+    data.facts.options = dict(data.facts.options, **ds.option_dict)
+    return data

@@ -6,13 +6,11 @@ camera B (gallery).
 import os
 import re
 
-from mtdnet import MtdnetError
-from data_prep.records import (Dataset, Facts, Record, check_both_cameras, default_root,
+from spec import MtdnetError
+from data_prep.records import (Dataset, Facts, Record, check_both_cameras,
                                files_with_ext, find_image_dir, paper_split)
 
-KEY = "cuhk01"
 NAME = "CUHK01"
-DIRNAME = "CUHK01"
 PATTERN = re.compile(r"^(\d{4})(\d{3})\.png$", re.IGNORECASE)
 LAYOUT = "campus/ holding PPPPIII.png images (PPPP = person, III = 001..004)"
 
@@ -21,8 +19,7 @@ def image_dir(root):
     return find_image_dir(root, NAME, [("campus",)], PATTERN, LAYOUT)
 
 
-def read(root=None):
-    root = root or default_root(DIRNAME)
+def read(root):
     d = image_dir(root)
     records, inputs = [], []
     for f in files_with_ext(d, (".png",)):
@@ -38,7 +35,7 @@ def read(root=None):
     check_both_cameras(records, NAME)
     paper = paper_split("cuhk01_test.json")
     facts = Facts(
-        key=KEY, name=NAME, root=root, n_train=871, n_val=0, n_test=100,
+        name=NAME, root=root, n_train=871, n_val=0, n_test=100,
         protocol="CUHK01: 871 train / 100 test identities; probes camera A (001-002), "
                  "gallery the first camera-B image (003)",
         paper_test_ids=[int(p) for p in paper["person_ids"]], paper_source="cuhk01_test.json",

@@ -16,13 +16,11 @@ import re
 import h5py
 import numpy as np
 
-from mtdnet import MtdnetError
-from data_prep.records import (Dataset, Facts, Record, check_both_cameras, default_root,
+from spec import MtdnetError
+from data_prep.records import (Dataset, Facts, Record, check_both_cameras,
                                paper_split, require_dir)
 
-KEY = "cuhk03"
 NAME = "CUHK03"
-DIRNAME = "CUHK03"
 MAT = "cuhk-03.mat"
 IMAGE_SETS = ("labeled", "detected")
 PROTOCOL_PAIRS = (1, 2, 3)
@@ -97,10 +95,9 @@ def _is_empty(obj):
     return obj.size == 0 or (obj.dtype == np.uint64 and obj.ndim <= 2) or obj.attrs.get("MATLAB_empty", 0)
 
 
-def read(root=None, images="labeled"):
+def read(root, images="labeled"):
     if images not in IMAGE_SETS:
         raise MtdnetError(f"{NAME}: unknown image set '{images}'; valid: {', '.join(IMAGE_SETS)}")
-    root = root or default_root(DIRNAME)
     path = mat_path(root)
     f = open_mat(path)
     for var in (images, "testsets"):
@@ -141,7 +138,7 @@ def read(root=None, images="labeled"):
         testsets.append([person_id(p, i) for p, i in rows])
     paper = paper_split("cuhk03_test.json")
     facts = Facts(
-        key=KEY, name=NAME, root=root, n_train=1160, n_val=100, n_test=100,
+        name=NAME, root=root, n_train=1160, n_val=100, n_test=100,
         protocol=f"CUHK03 ({images}, camera pairs 1-3): 1160 train / 100 val / 100 test "
                  f"identities; probes camera A, gallery the first camera-B image",
         paper_test_ids=[person_id(p, i) for p, i in paper["rows"]], paper_source="cuhk03_test.json",

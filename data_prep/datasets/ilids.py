@@ -8,13 +8,11 @@ training person form a positive pair (Facts.cameras_known = False).
 import os
 import re
 
-from mtdnet import MtdnetError
+from spec import MtdnetError
 from data_prep.records import (GALLERY_CAMERA, PROBE_CAMERA, Dataset, Facts, Record,
-                               default_root, files_with_ext, find_image_dir, paper_split)
+                               files_with_ext, find_image_dir, paper_split)
 
-KEY = "ilids"
 NAME = "i-LIDS"
-DIRNAME = "i-LIDS"
 PATTERN = re.compile(r"^(\d{4})(\d{3})\.jpg$", re.IGNORECASE)
 LAYOUT = "i-LIDS_Pedestrian/Persons/ holding PPPPIII.jpg images (PPPP = person, III = image)"
 
@@ -23,8 +21,7 @@ def image_dir(root):
     return find_image_dir(root, NAME, [("i-LIDS_Pedestrian", "Persons"), ("Persons",)], PATTERN, LAYOUT)
 
 
-def read(root=None):
-    root = root or default_root(DIRNAME)
+def read(root):
     d = image_dir(root)
     by_person = {}
     for f in files_with_ext(d, (".jpg", ".jpeg")):
@@ -47,7 +44,7 @@ def read(root=None):
     notes = [f"person {pid}: {len(by_person[pid])} images here, {n} in the authors' record"
              for pid, n in paper["rows"] if pid in by_person and len(by_person[pid]) != n]
     facts = Facts(
-        key=KEY, name=NAME, root=root, n_train=60, n_val=0, n_test=59,
+        name=NAME, root=root, n_train=60, n_val=0, n_test=59,
         protocol="i-LIDS: 60 train / 59 test identities; gallery = each person's image 1, "
                  "probes = the other images",
         paper_test_ids=[int(r[0]) for r in paper["rows"]], paper_source="ilids_test.json",

@@ -7,13 +7,11 @@ other people (person id 10000 + N here) and not used by the protocol.
 import os
 import re
 
-from mtdnet import MtdnetError
-from data_prep.records import (Dataset, Facts, Record, check_both_cameras, default_root,
+from spec import MtdnetError
+from data_prep.records import (Dataset, Facts, Record, check_both_cameras,
                                files_with_ext, paper_split, require_dir)
 
-KEY = "prid2011"
 NAME = "PRID2011"
-DIRNAME = "PRID2011"
 PAIRED = 200
 CAM_A_ONLY = 10000   # person id offset of the cam_a-only persons (201..385 -> 10201..10385)
 PATTERN = re.compile(r"^person_(\d{4})\.png$", re.IGNORECASE)
@@ -34,8 +32,7 @@ def camera_dirs(root):
     raise MtdnetError(f"{root}: not a {NAME} directory; expected {LAYOUT}")
 
 
-def read(root=None):
-    root = root or default_root(DIRNAME)
+def read(root):
     records, inputs, ids = [], [], ({}, {})
     for cam, d in enumerate(camera_dirs(root)):
         files = files_with_ext(d, (".png",))
@@ -58,7 +55,7 @@ def read(root=None):
         f"{len(distractors)} cam_b distractors (persons > {PAIRED}); the paper's gallery has 549"]
     paper = paper_split("prid_test.json")
     facts = Facts(
-        key=KEY, name=NAME, root=root, n_train=100, n_val=0, n_test=100,
+        name=NAME, root=root, n_train=100, n_val=0, n_test=100,
         protocol="PRID2011 single-shot: 100 train / 100 test of the 200 persons seen by both "
                  "cameras; probes cam_a, gallery the test persons' cam_b images plus the "
                  "cam_b-only persons 201..749 (549 distractors)",

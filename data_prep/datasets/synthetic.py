@@ -5,22 +5,17 @@ records the generator's parameters, seed and the test identities ("paper" split)
 """
 import os
 
-from mtdnet import MtdnetError, REPO_ROOT
+from spec import MtdnetError
 from data_prep.datasets.viper import read_layout
 from data_prep.records import Dataset, Facts
-from mtdnet.fsutil import read_json
+from data_prep.synthetic import ensure  # noqa: F401  (a generated dataset: `make data` draws it first)
+from spec.fsutil import read_json
 
-KEY = "synthetic"
 NAME = "synthetic"
 INFO = "synthetic.json"
 
 
-def default_root():
-    return os.path.join(REPO_ROOT, "data", "raw", "synthetic")
-
-
-def read(root=None):
-    root = root or default_root()
+def read(root):
     info_path = os.path.join(root, INFO)
     if not os.path.isfile(info_path):
         raise MtdnetError(f"{info_path}: not found; {root} is not a generated synthetic dataset "
@@ -29,7 +24,7 @@ def read(root=None):
     records, inputs = read_layout(root, NAME)
     test = [int(p) for p in info["test_ids"]]
     facts = Facts(
-        key=KEY, name=NAME, root=root, n_train=info["num_ids"] - len(test), n_val=0,
+        name=NAME, root=root, n_train=info["num_ids"] - len(test), n_val=0,
         n_test=len(test),
         protocol=f"synthetic: {info['num_ids'] - len(test)} train / {len(test)} test identities; "
                  f"probe cam_a, gallery cam_b (one image each)",

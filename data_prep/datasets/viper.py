@@ -6,13 +6,11 @@ Camera A gives the probes, camera B the gallery.
 import os
 import re
 
-from mtdnet import MtdnetError
-from data_prep.records import (Dataset, Facts, Record, check_both_cameras, default_root,
+from spec import MtdnetError
+from data_prep.records import (Dataset, Facts, Record, check_both_cameras,
                                files_with_ext, paper_split, require_dir)
 
-KEY = "viper"
 NAME = "VIPeR"
-DIRNAME = "VIPeR"
 CAMERAS = ("cam_a", "cam_b")
 PATTERN = re.compile(r"^(\d+)_(\d+)\.bmp$", re.IGNORECASE)
 LAYOUT = "cam_a/ and cam_b/ holding NNN_AAA.bmp images (NNN = person id, AAA = angle)"
@@ -46,12 +44,11 @@ def read_layout(root, name):
     return records, inputs
 
 
-def read(root=None):
-    root = root or default_root(DIRNAME)
+def read(root):
     records, inputs = read_layout(root, NAME)
     paper = paper_split("viper_test.json")
     facts = Facts(
-        key=KEY, name=NAME, root=root, n_train=316, n_val=0, n_test=316,
+        name=NAME, root=root, n_train=316, n_val=0, n_test=316,
         protocol="VIPeR: 316 train / 316 test identities; probe cam_a, gallery cam_b (one image each)",
         paper_test_ids=[int(r[0]) for r in paper["rows"]], paper_source="viper_test.json",
         paper_test_names=[f"{sub}/{stem}.bmp" for r in paper["rows"]

@@ -1,0 +1,186 @@
+"""The one place for settings: profiles (paper / cpu / scratch / tiny).
+
+`paper` is the authors' net and solver. `cpu` keeps the topology and scales
+widths and input for a 2-core CPU; `scratch` and `tiny` derive from it. A
+profile derives from another with `dataclasses.replace`, naming only what
+differs. An experiment may override any field from the command line
+(`SET="base_lr=0.005 shift=8"`): the overridden profile keeps its name, lists
+the overrides and tags the run (and, for fields that change the prepared data,
+the data directory) with them, so tuning needs no profile of its own.
+"""
+import dataclasses
+
+from spec.errors import MtdnetError
+
+# Fields that change what `make data` writes (image size, triplets, split seed):
+# overriding one gives the data directory its own name.
+DATA_FIELDS = ("input_size", "triplets_per_pair", "seed")
+NOT_OVERRIDABLE = ("name", "overrides")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    input_size: int          # images are resized to input_size x input_size (BGR, raw 0..255)
+    conv1: int               # CaffeNet widths, in network order
+    conv2: int
+    conv3: int
+    conv4: int
+    conv5: int
+    fc6: int
+    fc7: int
+    feat: int                # triplet feature (ranking branch) dimension
+    batch_triplets: int      # triplets per iteration; the classifier sees 2x pairs
+    base_lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    margin: float = 1.0      # triplet-loss margin on L2-normalised features
+    contrastive_margin: float = 1.0
+    max_iter: int = 20000    # small datasets; CUHK03 (a long-schedule dataset) uses max_iter_cuhk03
+    # lr_policy: "fixed" (the authors') unless lr_steps lists fractions of max_iter
+    # where the rate is multiplied by lr_gamma ("multistep"; they follow ITERS).
+    lr_steps: tuple = ()
+    lr_gamma: float = 0.1
+    max_iter_cuhk03: int = 200000
+    snapshot: int = 500
+    display: int = 20
+    triplets_per_pair: int = 10   # per positive pair and direction
+    seed: int = 1701              # solver random_seed, data shuffling, negatives
+    # From-scratch training aids (the paper profile keeps the authors' net: raw
+    # 0..255 input, Gaussian fillers, which they only ever trained from ImageNet
+    # conv1/conv2). input_scale multiplies the input inside the net (a Power
+    # layer before conv1, in train and deploy nets alike); weight_filler
+    # "gaussian" = the authors' std (fan-in scaled outside paper), "msra" = He.
+    input_scale: float = 1.0
+    weight_filler: str = "gaussian"
+    # fc8_std > 0: the 2-way pair classifier (fc8) starts from Gaussian(fc8_std)
+    # whatever weight_filler says, so the softmax does not start saturated.
+    fc8_std: float = 0.0
+    zero_bias: bool = False    # all biases start at 0 instead of CaffeNet's constants
+    # Training-time augmentation: each image is mirrored at random (as the
+    # authors) and, with shift > 0, translated by up to `shift` pixels.
+    shift: int = 0
+    # ((field, value), ...) set from the command line on top of the named profile.
+    overrides: tuple = ()
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["overrides"] = dict(self.overrides)
+        return d
+
+    @property
+    def tag(self):
+        """'' or '+field=value,...': what the overrides add to a run's name."""
+        return _tag(self.overrides)
+
+    @property
+    def data_tag(self):
+        """The part of `tag` that changes the prepared data."""
+        return _tag(tuple(kv for kv in self.overrides if kv[0] in DATA_FIELDS))
+
+    def override(self, assignments):
+        """A copy with `field=value` strings (or (field, value) pairs) applied and recorded."""
+        changes = dict(self.overrides)
+        for item in assignments:
+            key, value = item if isinstance(item, tuple) else _split_assignment(item)
+            changes[key] = _convert(key, value)
+        if not changes:
+            return self
+        fields = {k: v for k, v in changes.items()}
+        return dataclasses.replace(self, overrides=tuple(sorted(changes.items())), **fields)
+
+
+def _split_assignment(text):
+    key, sep, value = str(text).partition("=")
+    if not sep or not key.strip():
+        raise MtdnetError(f"SET: '{text}' is not field=value (e.g. base_lr=0.005)")
+    return key.strip(), value.strip()
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Profile)}
+
+
+def _convert(key, value):
+    """A command-line string as the field's type; a clear error for a bad name or value."""
+    if key not in FIELDS or key in NOT_OVERRIDABLE:
+        valid = ", ".join(k for k in FIELDS if k not in NOT_OVERRIDABLE)
+        raise MtdnetError(f"SET: unknown profile field '{key}'; valid: {valid}")
+    default = getattr(PROFILES["paper"], key)
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("0", "1", "true", "false"):
+                raise ValueError
+            return value.lower() in ("1", "true")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            return tuple(float(x) for x in value.split(":") if x)
+    except ValueError:
+        raise MtdnetError(f"SET: {key}={value}: expected {type(default).__name__}"
+                          + (" (fractions separated by ':', e.g. 0.5:0.75)" if isinstance(default, tuple)
+                             else "")) from None
+    return value
+
+
+def _tag(pairs):
+    def show(v):
+        return ":".join(f"{x:g}" for x in v) if isinstance(v, tuple) else \
+            f"{v:g}" if isinstance(v, float) else str(v)
+    return "+" + ",".join(f"{k}={show(v)}" for k, v in pairs) if pairs else ""
+
+
+_PAPER = Profile(
+    name="paper", input_size=227,
+    conv1=96, conv2=256, conv3=384, conv4=384, conv5=256, fc6=4096, fc7=4096,
+    feat=512, batch_triplets=128)
+# Paper: norm2 13x13, pool5 6x6; ~24 s per iteration here (caffe time, 4.5 GB).
+# cpu: 1/4 of the widths at 127x127 input (norm2 7x7 instead of 13x13, pool5 3x3),
+# and the paper's batch of 128 triplets, so its solver numbers (lr 0.001 for
+# 128 triplets) still apply. `caffe time` of the mtdnet train net on the 2-core
+# machine: 0.89-0.99 s forward+backward per 128-triplet iteration (32: 0.23-0.38 s,
+# 64: 0.56 s; half widths at 32 / 64 triplets: 0.56 / 1.17 s). From scratch the
+# authors' raw 0..255 input with Gaussian fillers never learns here (triplet loss
+# pinned at margin/2, the classifier at chance, at any lr tried): the input is
+# scaled by 1/256 and the fillers are He's.
+_CPU = dataclasses.replace(
+    _PAPER, name="cpu", input_size=127,
+    conv1=24, conv2=64, conv3=96, conv4=96, conv5=64, fc6=1024, fc7=1024, feat=128,
+    max_iter=5000, max_iter_cuhk03=50000, input_scale=1 / 256, weight_filler="msra")
+# scratch: cpu's net, tuned for training from scratch on a small set within 45
+# minutes on 2 cores (docs/viper_scratch.md). Chosen on VIPeR's `val` split only
+# (100 of the paper split's training identities held out, 216 trained on): with
+# CaffeNet's bias constants (1 before most ReLUs) and He weights every ReLU
+# starts open and the pair classifier stays at chance for ~1400 iterations; zero
+# biases let it learn within ~300, and lr 0.003 (x3) speeds both losses (val
+# rank-1 at 500 iterations, pair score / triplet feature: cpu 1 / 17, zero
+# biases 7 / 21, zero biases + lr 0.003 10 / 24).
+_SCRATCH = dataclasses.replace(_CPU, name="scratch", base_lr=0.003, max_iter=1600, zero_bias=True)
+# Tests: norm2 3x3, pool5 1x1; 16 triplets, fc6/fc7 128. The synthetic end-to-end
+# run reaches ~24% rank-1 (chance 1%) in 3000 iterations (~35 s).
+_TINY = dataclasses.replace(
+    _CPU, name="tiny", input_size=63,
+    conv1=8, conv2=16, conv3=24, conv4=24, conv5=16, fc6=128, fc7=128, feat=32,
+    batch_triplets=16, max_iter=300, max_iter_cuhk03=300, snapshot=100, display=10)
+
+PROFILES = {p.name: p for p in (_PAPER, _CPU, _SCRATCH, _TINY)}
+# What a user trains real data with on a CPU (its generated files are committed, as paper's).
+CPU_DEFAULT = "scratch"
+
+
+def unknown(kind, name, valid):
+    return MtdnetError(f"unknown {kind} '{name}'; valid: {', '.join(valid)}")
+
+
+def get_profile(name, overrides=()):
+    """The named profile, with `field=value` overrides applied (see Profile.override)."""
+    if isinstance(name, Profile):
+        return name.override(overrides)
+    try:
+        prof = PROFILES[name]
+    except KeyError:
+        raise unknown("profile", name, PROFILES) from None
+    return prof.override(overrides)

@@ -1,0 +1,272 @@
+"""Every path of an experiment, computed in one place from values.
+
+  Project   where the repository, data/, runs/ and the venv's caffe are
+  DataSpec  one prepared-data directory: data/<dataset>-<profile>[+data overrides]-<split>/
+  Run       one training run and its evaluations:
+              runs/<dataset>-<train variant>-<profile>[-<split>][+overrides]/
+                train.prototxt, solver.prototxt, train.log, run.json, loss.png,
+                snapshots/<dataset>_<train variant>_iter_<k>.{caffemodel,solverstate}
+            results of a variant scored with another's model (trp) go to
+              runs/<dataset>-<variant>-<profile>[-<split>][+overrides]/
+Generated files a user runs by hand (committed for the paper and CPU profiles):
+  prototxt/<profile>/<dataset>_<variant>_train.prototxt, prototxt/<profile>/<deploy>.prototxt,
+  solvers/<profile>/<dataset>_<variant>_solver.prototxt
+Paths written into nets and solvers are relative to the project root (Caffe
+runs there) when they are inside it.
+"""
+import dataclasses
+import os
+import sys
+
+from spec.datasets import Dataset, get_dataset, names as dataset_names, source_dataset
+from spec.errors import REPO_ROOT, MtdnetError
+from spec.profiles import Profile, get_profile
+from spec.splits import PAPER, Split
+from spec.variants import Variant, get_variant
+
+MEAN = "random-mean"     # results averaged over random<k> splits
+
+
+def _default_venv():
+    # The venv this Python runs in (the Makefile's VENV=), else the checkout's .venv.
+    if sys.prefix != sys.base_prefix and os.path.isfile(os.path.join(sys.prefix, "bin", "caffe")):
+        return sys.prefix
+    return os.environ.get("MTDNET_VENV") or os.path.join(REPO_ROOT, ".venv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Project:
+    root: str = REPO_ROOT
+    data_dir: str = None     # default <root>/data
+    runs_dir: str = None     # default <root>/runs
+    venv: str = None         # default: the venv in use
+
+    def __post_init__(self):
+        root = os.path.abspath(self.root)
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "data_dir", os.path.abspath(self.data_dir or os.path.join(root, "data")))
+        object.__setattr__(self, "runs_dir", os.path.abspath(self.runs_dir or os.path.join(root, "runs")))
+        object.__setattr__(self, "venv", os.path.abspath(self.venv or _default_venv()))
+
+    @property
+    def caffe(self):
+        """The `caffe` wrapper of the venv (finds our Python layers); an error if setup has not run."""
+        path = os.path.join(self.venv, "bin", "caffe")
+        if not os.path.exists(path):
+            raise MtdnetError(f"{path}: the caffe tool is missing; run `make setup`")
+        return path
+
+    def rel(self, path):
+        """Relative to the project root when inside it (what nets, run.json and cmc.json record)."""
+        p = os.path.abspath(path)
+        return os.path.relpath(p, self.root) if p.startswith(self.root + os.sep) else p
+
+    def abs(self, path):
+        return path if os.path.isabs(path) else os.path.join(self.root, path)
+
+    def synthetic_root(self):
+        return os.path.join(self.data_dir, "raw", "synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """One prepared-data directory (what `make data` writes for one concrete split)."""
+    dataset: Dataset
+    profile: Profile
+    split: Split
+    project: Project = dataclasses.field(default_factory=Project)
+
+    def __post_init__(self):
+        self.split.require_concrete("a prepared-data directory")
+
+    @property
+    def name(self):
+        return f"{self.dataset.name}-{self.profile.name}{self.profile.data_tag}-{self.split.name}"
+
+    @property
+    def dir(self):
+        return os.path.join(self.project.data_dir, self.name)
+
+    @property
+    def lmdb(self):
+        return os.path.join(self.dir, "images.lmdb")
+
+    @property
+    def triplets(self):
+        return os.path.join(self.dir, "train_triplets.npy")
+
+    def exists(self):
+        return os.path.exists(os.path.join(self.lmdb, "data.mdb"))
+
+    def make_command(self):
+        """The command that prepares it (named in errors)."""
+        opts = f" SET='{self.profile.data_tag[1:]}'" if self.profile.data_tag else ""
+        return (f"make data DATASET={self.dataset.name} PROFILE={self.profile.name} "
+                f"SPLIT={self.split.name}{opts}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of (dataset, variant, profile, split) and the files around it.
+
+    `variant` may be scored with another variant's model (trp: MTDnet's); the
+    training files are then that variant's, the results this one's.
+    """
+    dataset: Dataset
+    variant: Variant
+    profile: Profile
+    split: Split = PAPER
+    source_split: Split = PAPER     # the source dataset's split (aug / cross)
+    project: Project = dataclasses.field(default_factory=Project)
+
+    def __post_init__(self):
+        self.split.require_concrete("a run")
+        self.source_split.require_concrete("the source data of a run")
+        if self.variant.source and self.dataset.spec.source:
+            others = [d for d in dataset_names() if not get_dataset(d).spec.source]
+            raise MtdnetError(f"variant '{self.variant.key}' needs a target dataset other than "
+                              f"{self.dataset.key} (its source); valid datasets: {', '.join(others)}")
+
+    @classmethod
+    def create(cls, dataset, variant, profile, split="paper", source_split="paper", project=None,
+               overrides=(), **dataset_options):
+        """A Run from names (what the command line gives) or values."""
+        return cls(get_dataset(dataset, **dataset_options), get_variant(variant),
+                   get_profile(profile, overrides), Split.parse(split), Split.parse(source_split),
+                   project or Project())
+
+    def with_split(self, split):
+        return dataclasses.replace(self, split=Split.parse(split))
+
+    def with_variant(self, variant):
+        return dataclasses.replace(self, variant=get_variant(variant))
+
+    # --- names
+    @property
+    def train_variant(self):
+        """The variant whose net is trained (trp: mtdnet)."""
+        return get_variant(self.variant.train_key)
+
+    def _name(self, variant_key, split_name):
+        split = "" if split_name == "paper" else f"-{split_name}"
+        return f"{self.dataset.name}-{variant_key}-{self.profile.name}{split}{self.profile.tag}"
+
+    @property
+    def name(self):
+        """runs/<name>/: the training run (trp: MTDnet's run)."""
+        return self._name(self.train_variant.key, self.split.name)
+
+    @property
+    def result_name(self):
+        """runs/<result_name>/: where this variant's evaluations go."""
+        return self._name(self.variant.key, self.split.name)
+
+    @property
+    def mean_result_name(self):
+        """Where the mean over random<k> splits goes."""
+        return self._name(self.variant.key, MEAN)
+
+    @property
+    def title(self):
+        return f"{self.dataset.name} {self.variant.key} ({self.profile.name}{self.profile.tag}, {self.split} split)"
+
+    # --- data
+    @property
+    def data(self):
+        return DataSpec(self.dataset, self.profile, self.split, self.project)
+
+    @property
+    def source_data(self):
+        """The source dataset's prepared data (aug / cross), else None."""
+        if not self.train_variant.source:
+            return None
+        return DataSpec(source_dataset(), self.profile, self.source_split, self.project)
+
+    @property
+    def all_data(self):
+        return [d for d in (self.data, self.source_data) if d is not None]
+
+    # --- run directory
+    @property
+    def dir(self):
+        return os.path.join(self.project.runs_dir, self.name)
+
+    @property
+    def result_dir(self):
+        return os.path.join(self.project.runs_dir, self.result_name)
+
+    @property
+    def mean_result_dir(self):
+        return os.path.join(self.project.runs_dir, self.mean_result_name)
+
+    @property
+    def snapshot_dir(self):
+        return os.path.join(self.dir, "snapshots")
+
+    @property
+    def snapshot_prefix(self):
+        return os.path.join(self.snapshot_dir, f"{self.dataset.name}_{self.train_variant.key}")
+
+    @property
+    def train_net(self):
+        return os.path.join(self.dir, "train.prototxt")
+
+    @property
+    def solver(self):
+        return os.path.join(self.dir, "solver.prototxt")
+
+    @property
+    def log(self):
+        return os.path.join(self.dir, "train.log")
+
+    @property
+    def info(self):
+        return os.path.join(self.dir, "run.json")
+
+    @property
+    def loss_png(self):
+        return os.path.join(self.dir, "loss.png")
+
+    @property
+    def init_model(self):
+        return os.path.join(self.dir, "init.caffemodel")
+
+    def result(self, protocol, what="cmc", ext="json"):
+        """runs/<result>/<what>-<protocol>.<ext> (cmc, scores, ranked)."""
+        return os.path.join(self.result_dir, f"{what}-{protocol}.{ext}")
+
+    # --- solver numbers that depend on the dataset
+    def solver_settings(self):
+        """(base_lr, max_iter) of this run's dataset and profile."""
+        lr = self.profile.base_lr * self.dataset.spec.lr_scale
+        it = self.profile.max_iter_cuhk03 if self.dataset.spec.long_schedule else self.profile.max_iter
+        return lr, it
+
+    # --- generated files a user runs by hand (committed for some profiles)
+    @property
+    def generated_net(self):
+        return f"prototxt/{self.profile.name}/{self.dataset.name}_{self.train_variant.key}_train.prototxt"
+
+    @property
+    def generated_solver(self):
+        return f"solvers/{self.profile.name}/{self.dataset.name}_{self.train_variant.key}_solver.prototxt"
+
+    def generated_snapshot_prefix(self):
+        """The snapshot prefix a generated (committed) solver writes to, project-relative."""
+        return self.project.rel(self.snapshot_prefix)
+
+    def commands(self):
+        """make commands that train and evaluate this run (named in messages and records)."""
+        common = f"DATASET={self.dataset.name} PROFILE={self.profile.name}"
+        if not self.split.is_paper:
+            common += f" SPLIT={self.split.name}"
+        if self.profile.overrides:
+            common += f" SET='{self.profile.tag[1:]}'"
+        return (f"make train {common} VARIANT={self.train_variant.key}",
+                f"make eval {common} VARIANT={self.variant.key}")
+
+
+def deploy_net_path(profile, kind):
+    """prototxt/<profile>/<kind>.prototxt (project-relative)."""
+    return f"prototxt/{profile.name}/{kind}.prototxt"
+

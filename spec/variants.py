@@ -1,0 +1,132 @@
+"""The variant registry: MTDnet and its Table 1 variants, each defined once.
+
+An entry says which train net builds it (an importable "module:function" in
+prototxt/nets.py, called as f(n, data, profile, batch, seed, source_data)), which
+model it is scored with (its own, or another variant's: MTDnet-trp ranks the
+MTDnet model), how it scores pairs, whether it reads the cross-domain source
+data, how it is initialised, and its row of the paper's Table 1.
+
+Adding a variant = its net builder + one `register(Variant(...))` here.
+"""
+import dataclasses
+
+from spec.errors import MtdnetError
+from spec.profiles import unknown
+
+SCORE_KINDS = {
+    "pair": "mean softmax P(same) over 8 passes (probe, gallery each original or mirrored; "
+            "both input orders)",
+    "feature": "squared Euclidean distance of the L2-normalised features, mean over the 4 "
+               "mirror combinations",
+}
+# How a variant reads the source dataset (CUHK03) beside the target's data.
+SOURCE_USES = (None, "mixed", "separate")
+# Initialisation rules: "finetune" = the fillers, or WEIGHTS (an ImageNet model:
+# conv1/conv2 copied; a model of ours: fine-tuned by layer name); "two_copies" =
+# WEIGHTS (an MTDnet model) is required and fills both copies of the net.
+INIT_RULES = ("finetune", "two_copies")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    key: str
+    title: str               # Table 1's name, e.g. "MTDnet-cls"
+    table_type: str          # Table 1's "Type" column
+    table1: int              # its row in Table 1 (1 = first)
+    score: str               # "pair" or "feature" (SCORE_KINDS)
+    deploy: str              # the deploy net it is scored with (prototxt.generate.DEPLOY_NETS)
+    net: str = ""            # "module:function" building its train net; '' = scored with `trains`'s model
+    trains: str = ""         # the variant whose run (model) it uses; '' = its own
+    source: str = None       # SOURCE_USES: None, "mixed" (one data layer) or "separate" (a second stream)
+    init: str = "finetune"   # INIT_RULES
+    min_batch: int = 1       # fewest triplets per batch its net works with
+    # Table 1 (rank-1 / 5 / 10 %) per dataset key: the paper's numbers.
+    paper: tuple = ()
+
+    @property
+    def train_key(self):
+        return self.trains or self.key
+
+    @property
+    def higher_is_better(self):
+        return self.score == "pair"
+
+    def paper_row(self):
+        return dict(self.paper)
+
+
+REGISTRY = {}
+
+
+def register(variant):
+    if variant.key in REGISTRY:
+        raise MtdnetError(f"variant '{variant.key}' is registered twice")
+    if variant.score not in SCORE_KINDS:
+        raise MtdnetError(f"variant '{variant.key}': score '{variant.score}'; valid: {', '.join(SCORE_KINDS)}")
+    if variant.source not in SOURCE_USES or variant.init not in INIT_RULES:
+        raise MtdnetError(f"variant '{variant.key}': source {variant.source!r} / init {variant.init!r}")
+    if not variant.net and not variant.trains:
+        raise MtdnetError(f"variant '{variant.key}' needs a train net or another variant's model")
+    REGISTRY[variant.key] = variant
+    return variant
+
+
+def unregister(key):
+    REGISTRY.pop(key, None)
+
+
+def get_variant(name):
+    if isinstance(name, Variant):
+        return name
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise unknown("variant", name, REGISTRY) from None
+
+
+def names():
+    return list(REGISTRY)
+
+
+def trained_variants():
+    """Variants with a train net of their own."""
+    return [v for v in REGISTRY.values() if v.net]
+
+
+def table1_rows():
+    return sorted(REGISTRY.values(), key=lambda v: v.table1)
+
+
+for _v in (
+    Variant("mtdnet", "MTDnet", "Cls+Rnk", 4, "pair", "pair_score", net="prototxt.nets:mtdnet_net",
+            paper=(("cuhk03", (74.68, 95.99, 97.47)), ("cuhk01", (77.50, 95.00, 97.50)),
+                   ("viper", (45.89, 71.84, 83.23)), ("ilids", (57.80, 78.61, 87.28)),
+                   ("prid2011", (32.00, 51.00, 62.00)))),
+    # MTDnet with the triplet loss weight 0.
+    Variant("cls", "MTDnet-cls", "Cls", 2, "pair", "pair_score", net="prototxt.nets:cls_net",
+            paper=(("cuhk03", (68.35, 93.46, 97.47)), ("cuhk01", (76.50, 94.00, 97.00)),
+                   ("viper", (44.30, 69.94, 81.96)), ("ilids", (54.34, 73.41, 86.13)),
+                   ("prid2011", (28.00, 50.00, 60.00)))),
+    # A three-stream AlexNet with the triplet loss only.
+    Variant("rnk", "MTDnet-rnk", "Rnk", 1, "feature", "rnk_feature", net="prototxt.nets:rnk_net",
+            paper=(("cuhk03", (60.13, 90.51, 95.15)), ("cuhk01", (63.50, 80.00, 89.50)),
+                   ("viper", (28.16, 52.22, 65.19)), ("ilids", (41.04, 69.94, 78.61)),
+                   ("prid2011", (22.00, 41.00, 48.00)))),
+    # MTDnet's model ranked by its triplet features.
+    Variant("trp", "MTDnet-trp", "Cls+Rnk", 3, "feature", "feature", trains="mtdnet",
+            paper=(("cuhk03", (66.03, 84.81, 89.87)), ("cuhk01", (66.00, 84.00, 91.50)),
+                   ("viper", (34.81, 60.13, 72.78)), ("ilids", (46.82, 72.83, 81.50)),
+                   ("prid2011", (26.00, 49.00, 57.00)))),
+    # MTDnet on the target's and CUHK03's triplets together.
+    Variant("aug", "MTDnet-aug", "Cls+Rnk", 5, "pair", "pair_score", net="prototxt.nets:mtdnet_net",
+            source="mixed",
+            paper=(("cuhk01", (75.50, 93.50, 97.00)), ("viper", (43.35, 70.25, 78.48)),
+                   ("ilids", (54.91, 74.57, 84.97)), ("prid2011", (27.00, 46.00, 59.00)))),
+    # Target copy + frozen CUHK03 copy with a contrastive loss between their fc7.
+    # With one triplet both pair orders coincide and the XNOR label is constant.
+    Variant("cross", "MTDnet-cross", "Cls+Rnk", 6, "pair", "pair_score", net="prototxt.nets:cross_net",
+            source="separate", init="two_copies", min_batch=2,
+            paper=(("cuhk01", (78.50, 96.50, 97.50)), ("viper", (47.47, 73.10, 82.59)),
+                   ("ilids", (58.38, 80.35, 87.28)), ("prid2011", (31.00, 54.00, 61.00)))),
+):
+    register(_v)
