@@ -11,14 +11,10 @@ import os
 
 import lmdb
 import numpy as np
+from caffe.proto import caffe_pb2
 
 from spec import MtdnetError
 from spec.fsutil import atomic_dir
-
-
-def _caffe_pb2():
-    from caffe.proto import caffe_pb2  # deferred: pycaffe is heavy to import
-    return caffe_pb2
 
 
 def key(i):
@@ -29,7 +25,7 @@ def encode_datum(img_chw, label):
     img_chw = np.ascontiguousarray(img_chw, dtype=np.uint8)
     if img_chw.ndim != 3 or img_chw.shape[0] != 3:
         raise ValueError(f"expected a 3xHxW uint8 image, got shape {img_chw.shape}")
-    d = _caffe_pb2().Datum()
+    d = caffe_pb2.Datum()
     d.channels, d.height, d.width = img_chw.shape
     d.data = img_chw.tobytes()
     d.label = int(label)
@@ -37,7 +33,7 @@ def encode_datum(img_chw, label):
 
 
 def decode_datum(raw):
-    d = _caffe_pb2().Datum()
+    d = caffe_pb2.Datum()
     d.ParseFromString(raw)
     img = np.frombuffer(d.data, dtype=np.uint8).reshape(d.channels, d.height, d.width)
     return img, d.label

@@ -26,6 +26,7 @@ import os
 import caffe
 import numpy as np
 
+from data_prep.imagedb import ImageDB
 from layers.params import REQUIRED, non_negative, parse_params, positive
 
 def _paths(v):
@@ -97,7 +98,6 @@ class MultiImageDB:
 
 def open_sources(sources, triplet_files):
     """(db, triplets) for one source or a list of them (triplets offset into one index space)."""
-    from data_prep.imagedb import ImageDB
     if isinstance(sources, str) != isinstance(triplet_files, str):
         raise ValueError("'source' and 'triplets' must both be paths or both be lists")
     if isinstance(sources, str):

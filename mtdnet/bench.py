@@ -51,7 +51,7 @@ from layers.triplet_data import TripletBatcher, open_sources
 from mtdnet import caffe_run, cmc, scoring
 from mtdnet.caffelog import caffe_time_ms, iteration_times
 from prototxt import generate, weights
-from spec import REPO_ROOT, MtdnetError, Project, Run, get_profile
+from spec import REPO_ROOT, MtdnetError, Project, Run, get_dataset, get_profile
 from spec.fsutil import atomic_write_json
 from mtdnet.cli import cli_main
 
@@ -296,8 +296,8 @@ def _caffe_train_steps(net_path, tmp, name, iters, warmup, profile):
         f.write(text_format.MessageToString(solver))
     log_path = os.path.join(tmp, f"{name}.log")
     os.environ["GLOG_minloglevel"] = "0"      # the timing is read from Caffe's INFO lines
-    caffe_run.train(solver_path, log_path, solver.max_iter, solver.snapshot_prefix, Project().caffe,
-                    resume=False, cwd=REPO_ROOT)
+    caffe_run.train(solver_path, log_path, solver.max_iter, solver.snapshot_prefix, resume=False,
+                    cwd=REPO_ROOT)
     with open(log_path) as f:
         log = f.read()
     # The last line (max_iter) follows a forward pass only: not a whole iteration.
@@ -529,6 +529,67 @@ def summary_keys(results):
     if "memory" in results:
         out["memory_peak_rss_mb"] = results["memory"]["child_peak_rss_mb"]
     return out
+
+
+def parse_blocks(text):
+    """'paper=16x16,cpu=32x32' -> {'paper': (16, 16), 'cpu': (32, 32)}."""
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        try:
+            prof, size = item.split("=")
+            p, g = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise MtdnetError(f"--blocks: '{item}' is not <profile>=<P>x<G> (e.g. paper=16x16)") from None
+        get_profile(prof)
+        if p < 1 or g < 1:
+            raise MtdnetError(f"--blocks: '{item}': P and G must be >= 1")
+        out[prof] = (p, g)
+    if not out:
+        raise MtdnetError("--blocks: no block given")
+    return out
+
+
+def positive(name, v):
+    if v is not None and v <= 0:
+        raise MtdnetError(f"{name} must be > 0, got {v}")
+    return v
+
+
+def settings_from_args(a):
+    """Settings from tools/bench.py's parsed options (checked; a bad value is a clear error)."""
+    kw = {}
+    if a.parts:
+        parts = tuple(p.strip() for p in a.parts.split(",") if p.strip())
+        bad = [p for p in parts if p not in PARTS]
+        if bad or not parts:
+            raise MtdnetError(f"--parts: unknown part(s) {', '.join(bad) or '(none)'}; valid: {', '.join(PARTS)}")
+        kw["parts"] = parts
+    if a.blocks:
+        kw["blocks"] = parse_blocks(a.blocks)
+    if a.memory_size:
+        try:
+            kw["memory_probes"], kw["memory_gallery"] = (int(v) for v in a.memory_size.lower().split("x"))
+        except ValueError:
+            raise MtdnetError(f"--memory-size: '{a.memory_size}' is not PxG (e.g. 1000x10000)") from None
+        positive("--memory-size", min(kw["memory_probes"], kw["memory_gallery"]))
+    for prof in ("memory_profile", "train_profile", "prep_profile"):
+        if getattr(a, prof):
+            kw[prof] = get_profile(getattr(a, prof)).name
+    for name in ("memory_budget_mb", "memory_pair_batches", "train_iters", "train_rounds", "cmc_size",
+                 "cmc_loop_probes"):
+        if getattr(a, name) is not None:
+            kw[name] = positive("--" + name.replace("_", "-"), getattr(a, name))
+    if a.train_warmup is not None:
+        if a.train_warmup < 0:
+            raise MtdnetError(f"--train-warmup must be >= 0, got {a.train_warmup}")
+        kw["train_warmup"] = a.train_warmup
+    if a.prep_dataset:
+        kw["prep_dataset"] = get_dataset(a.prep_dataset).name
+    if a.prep_root:
+        kw["prep_root"] = os.path.abspath(a.prep_root)
+    if a.seed is not None:
+        kw["seed"] = a.seed
+    return quick_settings(**kw) if a.quick else Settings(**kw)
 
 
 def run(settings, out=None, log=print):

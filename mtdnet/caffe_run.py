@@ -16,7 +16,7 @@ import signal
 import subprocess
 
 from mtdnet import caffelog
-from spec import MtdnetError
+from spec import MtdnetError, Project
 
 
 def snapshot_iter(path):
@@ -41,16 +41,16 @@ class LossIsNaN(MtdnetError):
     pass
 
 
-def train(solver, log_path, max_iter, snapshot_prefix, caffe, weights=None, resume=True,
-          progress=True, extra_args=(), cwd=None):
+def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True,
+          progress=True, extra_args=(), cwd=None, caffe=None):
     """Run `caffe train`; return the final iteration reached.
 
     Resumes from the newest complete snapshot under `snapshot_prefix` when
     `resume`; otherwise starts from `weights` (a caffemodel) or the fillers.
     The whole Caffe log is appended to `log_path`. `caffe`: the binary
-    (spec.Project.caffe); `cwd`: where it runs (the project root).
+    (default: the venv's, spec.Project.caffe); `cwd`: where it runs (the project root).
     """
-    args = [caffe, "train", "-solver", solver, "-sighup_effect", "stop"]
+    args = [caffe or Project().caffe, "train", "-solver", solver, "-sighup_effect", "stop"]
     state = latest_snapshot(snapshot_prefix) if resume else None
     start_iter = 0
     if state:
@@ -72,7 +72,7 @@ def train(solver, log_path, max_iter, snapshot_prefix, caffe, weights=None, resu
     with open(log_path, "a", buffering=1) as log:  # line-buffered: `tail -f` works
         log.write(f"### mtdnet: {' '.join(args)}\n")
         log.flush()
-        proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(args, cwd=cwd or Project().root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, start_new_session=True)
         interrupted = False
         old_term = _term_as_interrupt()

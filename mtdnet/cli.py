@@ -1,7 +1,7 @@
 """The entry points' wrapper: a user-facing error is one line and exit status 1."""
 import sys
 
-from spec import MtdnetError
+from spec import PROFILES, MtdnetError, Project, Run, datasets, splits, variants
 
 
 def cli_main(fn):
@@ -18,7 +18,6 @@ def cli_main(fn):
 
 def add_experiment_args(ap, *, variant=True, split_help=None):
     """The options every command names an experiment with (one definition for all tools)."""
-    from spec import PROFILES, datasets, splits, variants
     ap.add_argument("--dataset", default="synthetic",
                     help=f"one of {', '.join(datasets.names())} (default synthetic)")
     if variant:
@@ -38,12 +37,10 @@ def overrides(a):
 
 
 def project(a):
-    from spec import Project
     return Project(data_dir=a.data_dir, runs_dir=a.runs_dir)
 
 
 def run_from_args(a, **extra):
     """The spec.Run the parsed options name."""
-    from spec import Run
     return Run.create(a.dataset, a.variant, a.profile, a.split, project=project(a),
                       overrides=overrides(a), **extra)

@@ -8,6 +8,7 @@ A run (spec.Run) lives in runs/<dataset>-<variant>-<profile>[-<split>][+override
   run.json                          what was run: settings, overrides, seed, initialisation
   loss.png                          the loss curves
 """
+import dataclasses
 import json
 import os
 import time
@@ -61,9 +62,11 @@ def initial_weights(run, weights):
     """(caffemodel to pass to -weights or None, description of the initialisation)."""
     if weights is None:
         if run.variant.init == "two_copies":
-            src = run.source_data.dataset.name
-            raise MtdnetError(f"{run.variant.title} starts from a {src} MTDnet model: pass WEIGHTS=<{src} model> "
-                              f"(e.g. runs/{src}-mtdnet-{run.profile.name}/snapshots/{src}_mtdnet_iter_N.caffemodel)")
+            src = run.with_variant("mtdnet")
+            src = dataclasses.replace(src, dataset=run.source_data.dataset, split=run.source_split)
+            raise MtdnetError(f"{run.variant.title} starts from a {src.dataset.title} MTDnet model: pass "
+                              f"WEIGHTS=<{src.dataset.title} model> (e.g. "
+                              f"{run.project.rel(src.snapshot_prefix)}_iter_N.caffemodel)")
         return None, "scratch (fillers)"
     kind = model_kind(weights)
     out = run.init_model
@@ -98,8 +101,8 @@ def train(run, iters=None, weights=None, gpu=False, progress=True):
     atomic_write_json(run.info, info)
     t0 = time.time()
     try:
-        it = caffe_run.train(run.solver, run.log, max_iter, run.snapshot_prefix, caffe=project.caffe,
-                             weights=init_model, progress=progress, cwd=project.root)
+        it = caffe_run.train(run.solver, run.log, max_iter, run.snapshot_prefix, weights=init_model,
+                             progress=progress, cwd=project.root, caffe=project.caffe)
     finally:
         _plot_loss(run.log, run.loss_png, project.rel(run.dir))
     model = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel")

@@ -29,6 +29,7 @@ import dataclasses
 
 import numpy as np
 
+from data_prep.splitting import fixed_gallery
 from spec import MtdnetError
 from mtdnet import cmc
 
@@ -220,10 +221,7 @@ def trials_from_records(records, protocol, *, n_trials=10, seed=0, probe_camera=
                           f"{probe_camera} and {len(candidates)} in the gallery camera "
                           f"{gallery_camera}: nothing to evaluate")
     if protocol == "paper":
-        first = {}
-        for idx, pid in sorted(candidates):
-            first.setdefault(pid, (idx, pid))
-        return [paper_trial(probes, list(first.values()), distractors)]
+        return [paper_trial(probes, fixed_gallery(candidates), distractors)]
     if pool:
         probes = candidates = sorted(probes + candidates)
     return random_trials(probes, candidates, n_trials, seed, distractors)

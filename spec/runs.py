@@ -257,13 +257,14 @@ class Run:
 
     def commands(self):
         """make commands that train and evaluate this run (named in messages and records)."""
-        common = f"DATASET={self.dataset.name} PROFILE={self.profile.name}"
-        if not self.split.is_paper:
-            common += f" SPLIT={self.split.name}"
-        if self.profile.overrides:
-            common += f" SET='{self.profile.tag[1:]}'"
-        return (f"make train {common} VARIANT={self.train_variant.key}",
-                f"make eval {common} VARIANT={self.variant.key}")
+        def command(target, variant):
+            words = [f"make {target} DATASET={self.dataset.name} VARIANT={variant} PROFILE={self.profile.name}"]
+            if not self.split.is_paper:
+                words.append(f"SPLIT={self.split.name}")
+            if self.profile.overrides:
+                words.append(f"SET='{self.profile.tag[1:]}'")
+            return " ".join(words)
+        return command("train", self.train_variant.key), command("eval", self.variant.key)
 
 
 def deploy_net_path(profile, kind):

@@ -9,12 +9,29 @@ from caffe import layers as L, params as P
 
 from data_prep.build import SplitOptions, prepare
 from data_prep.imagedb import write_image_lmdb
+from mtdnet import evaluate, training
 from mtdnet.bench import random_weights
 from prototxt import generate
 from spec import REPO_ROOT, Project, Run, get_profile
 
 CAFFE = Project().caffe
 PROFILE = "tiny"
+
+
+def real_root(dataset):
+    """Where the real dataset is looked for by default (its registry folder)."""
+    from data_prep.datasets import default_root
+    return default_root(dataset)
+
+
+def needs_real(dataset):
+    """Skip (with the reason) unless the real dataset is on this machine."""
+    import pytest
+    root = real_root(dataset)
+    return pytest.mark.skipif(not os.path.isdir(root), reason=f"the real {dataset} is not at {root}")
+
+
+VIPER = real_root("viper")
 
 
 def make_image_lmdb(path, n_images, size, seed=0):
@@ -164,3 +181,22 @@ def save_deploy_model(path, kind, profile, seed=0):
     randomize(net, seed)
     net.save(path)
     return path
+
+
+def train_run(root, dataset, variant, split="paper", source_split="paper", iters=None, weights=None,
+              profile=PROFILE):
+    """make train of a Run whose project (data/, runs/, Caffe's working directory) is `root`."""
+    run = Run.create(dataset, variant, profile, split, source_split, project=Project(root=root))
+    return training.train(run, iters=iters, weights=weights, progress=False)
+
+
+def eval_run(dataset="synthetic", variant="mtdnet", profile=PROFILE, split="paper", data_dir=None,
+             runs_dir=None, root=REPO_ROOT, **evaluation):
+    """make eval of a Run (Evaluation fields as keywords: protocol, trials, seed, model, scorer)."""
+    run = Run.create(dataset, variant, profile, split,
+                     project=Project(root=root, data_dir=data_dir, runs_dir=runs_dir))
+    return evaluate.evaluate(run, evaluate.Evaluation(**evaluation), progress=False, log=lambda *a: None)
+
+
+def run_of(dataset="synthetic", variant="mtdnet", profile=PROFILE, split="paper", data_dir=None, runs_dir=None):
+    return Run.create(dataset, variant, profile, split, project=Project(data_dir=data_dir, runs_dir=runs_dir))

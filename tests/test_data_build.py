@@ -9,14 +9,29 @@ import numpy as np
 import pytest
 
 from tests import fixtures as F
-from data_prep import imagedb, load_prepared, prepare, prepared_dir
+from tests.helpers import needs_real
+from data_prep import imagedb
+from data_prep.build import SplitOptions, prepare as build
 from data_prep.imagedb import ImageDB
+from data_prep.prepared import load_prepared
 from data_prep.records import read_image_file, resize_chw
-from spec import MtdnetError, REPO_ROOT
+from spec import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
 
-VIPER = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datasets", "VIPeR"))
 PY = sys.executable
 SMALL_SYN = {"num_ids": 24, "num_test": 8, "seed": 5}
+
+
+def prepare(dataset, root, profile, split, out_dir, num_splits=10, seed=None, num_test=None, num_val=None,
+            options=None, **kw):
+    """`make data` of DATASET (options: its reader options) from the raw `root` into `out_dir`."""
+    return build(get_dataset(dataset, **(options or {})), profile, split,
+                 SplitOptions(seed, num_splits, num_test, num_val), project=Project(data_dir=out_dir),
+                 root=root, **kw)
+
+
+def prepared_dir(dataset, profile, split, out_dir, options=None):
+    return DataSpec(get_dataset(dataset, **(options or {})), get_profile(profile), Split.parse(split),
+                    Project(data_dir=out_dir)).dir
 
 
 def quiet(**kw):
@@ -126,7 +141,7 @@ def test_caffe_reads_the_output(syn):
         assert np.array_equal(net.blobs[top].data, db.images(trip[:4, col]).astype(np.float32))
 
 
-@pytest.mark.skipif(not os.path.isdir(VIPER), reason=f"real VIPeR not at {VIPER}")
+@needs_real("viper")
 def test_viper_real_tiny(tmp_path):
     m = prepare("viper", None, "tiny", "paper", str(tmp_path), **quiet())[0]
     c = m["counts"]

@@ -1,4 +1,5 @@
 """Dataset readers: the real VIPeR, and fixtures in the exact layouts of the other four."""
+import hashlib
 import os
 import shutil
 
@@ -7,13 +8,12 @@ import numpy as np
 import pytest
 
 from tests import fixtures as F
-from data_prep.datasets import READERS, default_root, read_dataset
-from data_prep.records import load_image, paper_split
-from spec import MtdnetError, REPO_ROOT
-from spec.profiles import DATASETS
+from tests.helpers import VIPER, needs_real
+from data_prep.datasets import default_root, get_reader, read_dataset
+from data_prep.records import SPLITS_DIR, load_image, paper_split
+from spec import REPO_ROOT, MtdnetError, datasets
 
-VIPER = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datasets", "VIPeR"))
-needs_viper = pytest.mark.skipif(not os.path.isdir(VIPER), reason=f"real VIPeR not at {VIPER}")
+needs_viper = needs_real("viper")
 
 
 def by_person(ds):
@@ -24,7 +24,9 @@ def by_person(ds):
 
 
 def test_registry_covers_every_dataset():
-    assert set(READERS) == set(DATASETS)
+    for name in datasets.names():
+        reader = get_reader(name)
+        assert callable(reader.read) and reader.NAME, name
     assert default_root("viper") == VIPER
     assert default_root("synthetic") == os.path.join(REPO_ROOT, "data", "raw", "synthetic")
 
@@ -42,16 +44,23 @@ def test_viper_real_632_identities_two_cameras():
     assert img.shape == (128, 48, 3) and img.dtype == np.uint8
 
 
-def test_shipped_paper_splits_match_shared_copies():
-    shared = os.path.join(REPO_ROOT, "..", "shared", "paper", "splits")
-    names = sorted(os.listdir(os.path.join(REPO_ROOT, "data_prep", "splits")))
-    assert names == ["cuhk01_test.json", "cuhk01half_test.json", "cuhk03_test.json",
-                     "ilids_test.json", "prid_test.json", "viper_test.json"]
-    if os.path.isdir(shared):
-        for n in names:
-            with open(os.path.join(shared, n), "rb") as a, \
-                    open(os.path.join(REPO_ROOT, "data_prep", "splits", n), "rb") as b:
-                assert a.read() == b.read(), n
+# sha256 of the identities the authors recorded (RecordedTestdata*.npy of their release, as JSON),
+# checked byte for byte against the copies they were taken from when they were added.
+RECORDED = {
+    "cuhk01_test.json": "a4c83eefcc61c6ee25940f17291bb9b8806b209092a637a3a0cba93564fa963f",
+    "cuhk01half_test.json": "9cd5dcb25f7377bd1c955e482a397672cac6c2bb33ba4c0b992156971d144c5a",
+    "cuhk03_test.json": "7d85d71caaae35a5c2df9a3cd72ac697b452bf27bc4e3f72323a48c271ff2f7a",
+    "ilids_test.json": "f298c0f333178b1e33fd68dee25fbe94c8abfcbfb0d71ac983f6e9b978ab46c8",
+    "prid_test.json": "0ad91256a0bbfad516ac41d59485e2ab8348f07276acfb8b9d877e37c1c49a58",
+    "viper_test.json": "8e5abd3fa3d2ce9a3827756ba1595115307369ec121303f496d4394137b3d66a",
+}
+
+
+def test_shipped_paper_splits_are_the_recorded_ones():
+    assert sorted(os.listdir(SPLITS_DIR)) == sorted(RECORDED)
+    for name, digest in RECORDED.items():
+        with open(os.path.join(SPLITS_DIR, name), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == digest, name
 
 
 def test_cuhk01_fixture(tmp_path):

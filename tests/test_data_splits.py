@@ -1,18 +1,17 @@
 """Splits (paper / random / testsets), the evaluation's image lists, and the triplets."""
-import os
 from itertools import combinations
 
 import numpy as np
 import pytest
 
 from tests import fixtures as F
-from data_prep import protocol
+from tests.helpers import needs_real
+from data_prep import splitting as protocol
 from data_prep.datasets import read_dataset
 from data_prep.records import paper_split
 from data_prep.triplets import make_triplets, positive_pairs
-from spec import MtdnetError, REPO_ROOT
+from spec import MtdnetError
 
-VIPER = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "datasets", "VIPeR"))
 CUHK03_PAIRS = [843, 440, 77, 58, 49]   # persons per camera pair in cuhk-03.mat
 
 
@@ -42,22 +41,24 @@ def cuhk03(tmp_path_factory):
 def test_split_names():
     class Facts:
         name, testsets = "X", None
-    assert protocol.split_names(Facts, "paper") == ["paper"]
-    assert protocol.split_names(Facts, "val") == ["val"]
-    assert protocol.split_names(Facts, "random") == [f"random{k}" for k in range(10)]
-    assert protocol.split_names(Facts, "random", num_splits=3) == ["random0", "random1", "random2"]
-    assert protocol.split_names(Facts, "random7") == ["random7"]
-    with pytest.raises(MtdnetError, match="has random0..random9"):
+    def names(*a, **kw):
+        return [s.name for s in protocol.split_names(*a, **kw)]
+    assert names(Facts, "paper") == ["paper"]
+    assert names(Facts, "val") == ["val"]
+    assert names(Facts, "random") == [f"random{k}" for k in range(10)]
+    assert names(Facts, "random", num_splits=3) == ["random0", "random1", "random2"]
+    assert names(Facts, "random7") == ["random7"]
+    with pytest.raises(MtdnetError, match="there are random0..random9"):
         protocol.split_names(Facts, "random12")
     with pytest.raises(MtdnetError, match="'testsets' is CUHK03's"):
         protocol.split_names(Facts, "testsets")
     with pytest.raises(MtdnetError, match="unknown split 'half'"):
         protocol.split_names(Facts, "half")
     Facts.testsets = [[1]] * 20
-    assert protocol.split_names(Facts, "testsets")[-1] == "testsets19"
+    assert names(Facts, "testsets")[-1] == "testsets19"
 
 
-@pytest.mark.skipif(not os.path.isdir(VIPER), reason=f"real VIPeR not at {VIPER}")
+@needs_real("viper")
 def test_viper_paper_split_uses_the_recorded_stems():
     ds = read_dataset("viper")
     s, images = split_of(ds, "paper")
@@ -70,7 +71,7 @@ def test_viper_paper_split_uses_the_recorded_stems():
     check_partition(s, ds.person_ids())
 
 
-@pytest.mark.skipif(not os.path.isdir(VIPER), reason=f"real VIPeR not at {VIPER}")
+@needs_real("viper")
 def test_viper_val_split_never_touches_the_paper_test_identities():
     """`val` (for tuning) holds out training identities; the paper's test ids are not even imaged."""
     ds = read_dataset("viper")

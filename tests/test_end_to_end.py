@@ -9,12 +9,13 @@ import os
 import numpy as np
 import pytest
 
-import data_prep
-from mtdnet import evaluate, scoring, training
-from spec import REPO_ROOT
-from spec.profiles import get_profile
+from data_prep.build import prepare
+from data_prep.imagedb import ImageDB
+from mtdnet import scoring
+from prototxt import generate
+from spec import Project, get_profile
+from tests.helpers import PROFILE, eval_run, train_run
 
-PROFILE = "tiny"
 # Iterations of the end-to-end run (a couple of minutes on 2 cores).
 E2E_ITERS = 3000
 # Rank-1 threshold on the 100-identity synthetic gallery (chance 1%). Measured
@@ -28,9 +29,9 @@ MIN_RANK1 = 10.0
 def project(tmp_path_factory):
     """A project directory with data/ and runs/, trained once for the module."""
     root = str(tmp_path_factory.mktemp("e2e"))
-    data_prep.prepare("synthetic", root=os.path.join(root, "raw"), profile=PROFILE, split="paper",
-                      out_dir=os.path.join(root, "data"), progress=False, log=lambda *a: None)
-    info = training.train("synthetic", "mtdnet", PROFILE, iters=E2E_ITERS, progress=False, root=root)
+    prepare("synthetic", PROFILE, "paper", project=Project(root=root), root=os.path.join(root, "raw"),
+            progress=False, log=lambda *a: None)
+    info = train_run(root, "synthetic", "mtdnet", iters=E2E_ITERS)
     return root, info
 
 
@@ -51,9 +52,7 @@ def test_training_lowers_the_loss_and_records_the_run(project):
 
 def test_mtdnet_ranks_far_above_chance(project):
     root, info = project
-    res = evaluate.evaluate("synthetic", "mtdnet", PROFILE, protocol="paper", progress=False,
-                            data_dir=os.path.join(root, "data"), runs_dir=os.path.join(root, "runs"),
-                            log=lambda *a: None)
+    res = eval_run("synthetic", "mtdnet", root=root, protocol="paper")
     chance = 100.0 / res["gallery_size"]
     assert res["gallery_size"] == 100
     assert res["rank1"] >= MIN_RANK1, f"rank-1 {res['rank1']:.1f}% (chance {chance:.1f}%)"
@@ -66,18 +65,16 @@ def test_mtdnet_ranks_far_above_chance(project):
 
 def test_trp_ranks_with_the_triplet_features(project):
     root, _ = project
-    res = evaluate.evaluate("synthetic", "trp", PROFILE, protocol="paper", progress=False,
-                            data_dir=os.path.join(root, "data"), runs_dir=os.path.join(root, "runs"),
-                            log=lambda *a: None)
+    res = eval_run("synthetic", "trp", root=root, protocol="paper")
     assert res["rank1"] >= MIN_RANK1
     assert os.path.exists(os.path.join(root, "runs", "synthetic-trp-tiny", "cmc.json"))
 
 
 def test_fast_scorer_matches_naive_on_the_trained_model(project):
     root, info = project
-    from prototxt import generate
-    from data_prep.imagedb import ImageDB
-    deploy = os.path.join(REPO_ROOT, generate.files_for("synthetic", "mtdnet", PROFILE)["score"])
+    deploy = os.path.join(root, "pair_score.prototxt")
+    with open(deploy, "w") as f:
+        f.write(generate.deploy_text("pair_score", PROFILE))
     net = scoring.load_net(deploy, os.path.join(root, info["model"]))
     db = ImageDB(os.path.join(root, "data", "synthetic-tiny-paper", "images.lmdb"))
     imgs = db.images(range(0, 40, 3))

@@ -19,7 +19,7 @@ from spec import REPO_ROOT, MtdnetError
 from mtdnet import evaluate as E
 from mtdnet import cmc, plots
 from spec.profiles import get_profile
-from tests.helpers import deploy_file, make_model, prepare_synthetic, save_deploy_model
+from tests.helpers import deploy_file, eval_run, make_model, prepare_synthetic, run_of, save_deploy_model
 
 PY = sys.executable
 KEYS = ("protocol", "rank1", "rank5", "rank10", "rank20", "mAP", "trials", "cmc", "model", "profile",
@@ -40,10 +40,9 @@ def world(tmp_path_factory):
 
 
 def run_eval(world, **kw):
-    args = dict(dataset="synthetic", variant="mtdnet", profile="tiny", data_dir=world["data"],
-                runs_dir=world["runs"], progress=False, log=lambda *a: None)
+    args = dict(data_dir=world["data"], runs_dir=world["runs"])
     args.update(kw)
-    return E.evaluate(**args)
+    return eval_run(**args)
 
 
 def load(path):
@@ -73,7 +72,7 @@ def rec(i, pid, cam, role="test"):
 
 
 def test_paper_trial_is_split_json_eval(world):
-    from data_prep import load_prepared
+    from data_prep.prepared import load_prepared
     p = load_prepared(os.path.join(world["data"], "synthetic-tiny-paper"))
     (t,) = E.make_trials(p, "paper")
     ids = p.split["eval"]["test"]["identities"]
@@ -243,7 +242,8 @@ def test_random_splits_and_their_mean(world, tmp_path):
     for k, seed in ((0, 21), (1, 22)):
         make_model(os.path.join(runs, f"synthetic-mtdnet-tiny-random{k}", "snapshots",
                                 f"synthetic_mtdnet_iter_{10 * (k + 1)}.caffemodel"), world["data"], seed=seed)
-    assert E.random_splits_present("synthetic", "mtdnet", "tiny", runs) == ["random0", "random1"]
+    run = run_of(data_dir=data, runs_dir=runs)
+    assert [s.name for s in E.random_splits_present(run)] == ["random0", "random1"]
     # `--split random` through the CLI: every random<k> run present, then their mean.
     p = subprocess.run([PY, "tools/evaluate.py", "--dataset", "synthetic", "--profile", "tiny",
                         "--split", "random", "--data-dir", data, "--runs-dir", runs, "--no-progress"],
@@ -259,14 +259,12 @@ def test_random_splits_and_their_mean(world, tmp_path):
     assert os.path.isfile(os.path.join(runs, "synthetic-mtdnet-tiny-random-mean", "cmc-paper.png"))
     # --combine-only re-averages what is there without scoring.
     os.remove(os.path.join(runs, "synthetic-mtdnet-tiny-random-mean", "cmc-paper.json"))
-    r = E.evaluate_splits("synthetic", "mtdnet", "tiny", ["random0", "random1"], data_dir=data,
-                          runs_dir=runs, combine_only=True, log=lambda *a: None)
+    r = E.evaluate_splits(run, ["random0", "random1"], combine_only=True, log=lambda *a: None)
     assert r["rank1"] == mean["rank1"]
     with pytest.raises(MtdnetError, match="result of split random3"):
-        E.evaluate_splits("synthetic", "mtdnet", "tiny", ["random3"], data_dir=data, runs_dir=runs,
-                          combine_only=True, log=lambda *a: None)
+        E.evaluate_splits(run, ["random3"], combine_only=True, log=lambda *a: None)
     with pytest.raises(MtdnetError, match="--splits takes random<k> names"):
-        E.evaluate_splits("synthetic", "mtdnet", "tiny", ["paper"], data_dir=data, runs_dir=runs)
+        E.evaluate_splits(run, ["paper"])
 
 
 # ---- the command line -----------------------------------------------------------------

@@ -12,7 +12,7 @@ from mtdnet import cmc as E
 from mtdnet import plots
 from mtdnet import trials as P
 from mtdnet.cmc import loop_rank_ap
-from data_prep.datasets import default_root
+from tests.helpers import VIPER, needs_real
 from data_prep.records import SPLITS_DIR
 
 
@@ -251,7 +251,6 @@ def test_combine_splits():
 # round (as similarities) must fall to about chance or below, which catches a
 # flipped score direction or a broken identity alignment.
 
-VIPER = default_root("viper")
 SPLIT = os.path.join(SPLITS_DIR, "viper_test.json")   # the authors' recorded split, shipped
 
 
@@ -279,6 +278,7 @@ def viper():
     return ids, cam_a + cam_b, probes, gallery, feats
 
 
+@needs_real("viper")
 def test_paper_protocol_on_real_viper(viper, tmp_path):
     ids, paths, probes, gallery, feats = viper
     assert len(set(ids)) == 316

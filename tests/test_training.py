@@ -8,14 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-import data_prep
-from tests import fixtures
-from mtdnet import training
-from spec import REPO_ROOT, MtdnetError
+from data_prep.build import SplitOptions, prepare
 from prototxt.weights import read_caffemodel
-from tests.helpers import caffenet_like
+from spec import REPO_ROOT, MtdnetError, Project, get_profile
+from tests import fixtures
+from tests.helpers import PROFILE, caffenet_like, train_run
 
-PROFILE = "tiny"
 
 
 def _quiet(*a, **k):
@@ -26,20 +24,19 @@ def _quiet(*a, **k):
 def project(tmp_path_factory):
     """A project dir with synthetic and (fixture) CUHK03 data at the tiny profile."""
     root = str(tmp_path_factory.mktemp("train"))
-    data = os.path.join(root, "data")
-    data_prep.prepare("synthetic", root=os.path.join(root, "raw"), profile=PROFILE, out_dir=data,
-                      progress=False, log=_quiet, synthetic_params=dict(num_ids=24, num_test=8))
+    prepare("synthetic", PROFILE, "paper", project=Project(root=root), root=os.path.join(root, "raw"),
+            progress=False, log=_quiet, synthetic_params=dict(num_ids=24, num_test=8))
     mat = os.path.join(root, "cuhk03", "cuhk-03.mat")
     os.makedirs(os.path.dirname(mat))
     fixtures.write_cuhk03(mat, persons=[6, 6, 6, 0, 0])
     # The paper's recorded CUHK03 test identities need the full set: a random split here.
-    data_prep.prepare("cuhk03", root=mat, profile=PROFILE, split="random0", out_dir=data, progress=False,
-                      log=_quiet, num_test=3, num_val=2)
+    prepare("cuhk03", PROFILE, "random0", SplitOptions(num_test=3, num_val=2), project=Project(root=root),
+            root=mat, progress=False, log=_quiet)
     return root
 
 
 def test_scratch_then_resume_records_the_run(project):
-    info = training.train("synthetic", "mtdnet", PROFILE, iters=20, progress=False, root=project)
+    info = train_run(project, "synthetic", "mtdnet", iters=20)
     assert info["init"].startswith("scratch") and info["iterations"] == 20
     run = os.path.join(project, "runs", "synthetic-mtdnet-tiny")
     saved = json.load(open(os.path.join(run, "run.json")))
@@ -48,17 +45,16 @@ def test_scratch_then_resume_records_the_run(project):
     # The run's own solver is a plain Caffe solver with the requested max_iter.
     assert "max_iter: 20" in open(os.path.join(run, "solver.prototxt")).read()
     # More iterations: resumes from the snapshot instead of starting again.
-    info = training.train("synthetic", "mtdnet", PROFILE, iters=30, progress=False, root=project)
+    info = train_run(project, "synthetic", "mtdnet", iters=30)
     assert info["iterations"] == 30
     assert "Resuming from" in open(os.path.join(run, "train.log")).read()
 
 
 def test_imagenet_weights_initialise_conv1_conv2(project, tmp_path):
-    from spec.profiles import get_profile
     p = get_profile(PROFILE)
     imagenet = str(tmp_path / "caffenet.caffemodel")
     caffenet_like(imagenet, p.conv1, p.conv2)
-    info = training.train("synthetic", "cls", PROFILE, iters=2, weights=imagenet, progress=False, root=project)
+    info = train_run(project, "synthetic", "cls", iters=2, weights=imagenet)
     assert info["init"].startswith("ImageNet conv1/conv2")
     run = os.path.join(project, "runs", "synthetic-cls-tiny")
     init = read_caffemodel(os.path.join(run, "init.caffemodel"))
@@ -69,15 +65,13 @@ def test_imagenet_weights_initialise_conv1_conv2(project, tmp_path):
 
 
 def test_fine_tune_and_cross_from_a_cuhk03_model(project):
-    src = training.train("cuhk03", "mtdnet", PROFILE, "random0", iters=10, progress=False, root=project)
+    src = train_run(project, "cuhk03", "mtdnet", "random0", iters=10)
     model = os.path.join(project, src["model"])
-    ft = training.train("synthetic", "rnk", PROFILE, iters=2, weights=None, progress=False, root=project)
+    ft = train_run(project, "synthetic", "rnk", iters=2, weights=None)
     assert ft["init"].startswith("scratch")
-    ft = training.train("synthetic", "aug", PROFILE, iters=2, weights=model, progress=False, root=project,
-                        source_split="random0")
+    ft = train_run(project, "synthetic", "aug", source_split="random0", iters=2, weights=model)
     assert ft["init"] == f"fine-tuned from {model}"
-    cross = training.train("synthetic", "cross", PROFILE, iters=4, weights=model, progress=False, root=project,
-                           source_split="random0")
+    cross = train_run(project, "synthetic", "cross", source_split="random0", iters=4, weights=model)
     assert cross["init"].startswith("both copies from the MTDnet model")
     # The frozen source copy is still the CUHK03 model after training.
     final = read_caffemodel(os.path.join(project, cross["model"]))
@@ -96,12 +90,12 @@ def test_fine_tune_and_cross_from_a_cuhk03_model(project):
     (dict(iters=0), "ITERS must be >= 1"),
 ])
 def test_bad_requests_are_clear_errors(project, kw, msg):
-    args = dict(dataset="synthetic", variant="mtdnet", profile=PROFILE, iters=2, progress=False, root=project)
+    args = dict(dataset="synthetic", variant="mtdnet", iters=2)
     args.update(kw)
     # A run with snapshots would resume instead of starting (a test above trains cross).
     shutil.rmtree(os.path.join(project, "runs", f"synthetic-{args['variant']}-tiny"), ignore_errors=True)
     with pytest.raises(MtdnetError, match=msg.replace("(", r"\(").replace("`", ".")):
-        training.train(**args)
+        train_run(project, **args)
 
 
 def test_cli_reports_errors_without_a_traceback():

@@ -16,11 +16,9 @@ import pytest
 import caffe
 from caffe.proto import caffe_pb2
 
-from spec import REPO_ROOT, MtdnetError
-from spec.profiles import get_profile
+from spec import REPO_ROOT, MtdnetError, Run, get_profile
 from prototxt import generate, weights
-from tests.helpers import run_caffe
-from tests.helpers import caffenet_like, make_reid_data
+from tests.helpers import caffenet_like, make_reid_data, run_caffe
 
 caffe.set_mode_cpu()
 
@@ -133,7 +131,7 @@ def test_caffe_train_weights_flag(project, tmp_path):
     """scripts/patch_caffe.sh restores BVLC's CopyLayers: -weights really initialises."""
     root, imagenet = project
     # The generated solver, for one step at lr 0, so the snapshot holds the initial weights.
-    solver = (root / generate.files_for("viper", "mtdnet", "tiny")["solver"]).read_text()
+    solver = (root / Run.create("viper", "mtdnet", "tiny").generated_solver).read_text()
     solver = re.sub(r"(?m)^max_iter: .*$", "max_iter: 1", solver)
     solver = re.sub(r"(?m)^base_lr: .*$", "base_lr: 0", solver)
     solver = re.sub(r'(?m)^snapshot_prefix: .*$', f'snapshot_prefix: "{tmp_path}/snap"', solver)
@@ -189,14 +187,14 @@ def test_init_cross_from_an_mtdnet_model(project, tmp_path):
     os.chdir(root)
     try:
         # A "CUHK03 model": the tiny mtdnet net after two SGD steps.
-        files = generate.files_for("cuhk03", "mtdnet", "tiny")
-        os.makedirs(os.path.dirname(files["snapshot_prefix"]), exist_ok=True)
-        solver = caffe.SGDSolver(files["solver"])
+        run = Run.create("cuhk03", "mtdnet", "tiny")
+        os.makedirs(os.path.dirname(run.generated_snapshot_prefix()), exist_ok=True)
+        solver = caffe.SGDSolver(run.generated_solver)
         solver.step(2)
         mtdnet_model = str(tmp_path / "cuhk03.caffemodel")
         solver.net.save(mtdnet_model)
         src = {k: [b.data.copy() for b in v] for k, v in solver.net.params.items()}
-        cross = generate.files_for("viper", "cross", "tiny")["train"]
+        cross = Run.create("viper", "cross", "tiny").generated_net
         out = str(tmp_path / "cross_init.caffemodel")
         rec = weights.init_cross_from_mtdnet(mtdnet_model, cross, out)
         model = weights.read_caffemodel(out)

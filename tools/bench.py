@@ -22,38 +22,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from spec import MtdnetError  # noqa: E402
 from mtdnet.cli import cli_main  # noqa: E402
-
-
-def parse_blocks(text):
-    """'paper=16x16,cpu=32x32' -> {'paper': (16, 16), 'cpu': (32, 32)}."""
-    from spec.profiles import get_profile
-    out = {}
-    for item in filter(None, (x.strip() for x in text.split(","))):
-        try:
-            prof, size = item.split("=")
-            p, g = (int(v) for v in size.lower().split("x"))
-        except ValueError:
-            raise MtdnetError(f"--blocks: '{item}' is not <profile>=<P>x<G> (e.g. paper=16x16)") from None
-        get_profile(prof)
-        if p < 1 or g < 1:
-            raise MtdnetError(f"--blocks: '{item}': P and G must be >= 1")
-        out[prof] = (p, g)
-    if not out:
-        raise MtdnetError("--blocks: no block given")
-    return out
-
-
-def positive(name, v):
-    if v is not None and v <= 0:
-        raise MtdnetError(f"{name} must be > 0, got {v}")
-    return v
 
 
 def main(argv=None):
     from mtdnet import bench
-    from spec.profiles import DATASETS, get_profile
+    from spec import datasets
     d = bench.Settings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", help=f"comma-separated, from: {', '.join(bench.PARTS)} (default: all)")
@@ -73,7 +47,7 @@ def main(argv=None):
     ap.add_argument("--train-warmup", type=int,
                     help=f"train: untimed first iterations of caffe train (default {d.train_warmup})")
     ap.add_argument("--train-rounds", type=int, help=f"train: alternations of the three runs (default {d.train_rounds})")
-    ap.add_argument("--prep-dataset", help=f"prep: one of {', '.join(DATASETS)} (default {d.prep_dataset})")
+    ap.add_argument("--prep-dataset", help=f"prep: one of {', '.join(datasets.names())} (default {d.prep_dataset})")
     ap.add_argument("--prep-profile", help=f"prep: profile (default {d.prep_profile})")
     ap.add_argument("--prep-root", help="prep: the dataset's raw folder (default: the usual place)")
     ap.add_argument("--cmc-size", type=int, help=f"cmc: N of the N x N score matrix (default {d.cmc_size})")
@@ -81,40 +55,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, help=f"seed of the random nets, images and scores (default {d.seed})")
     a = ap.parse_args(argv)
 
-    kw = {}
-    if a.parts:
-        parts = tuple(p.strip() for p in a.parts.split(",") if p.strip())
-        bad = [p for p in parts if p not in bench.PARTS]
-        if bad or not parts:
-            raise MtdnetError(f"--parts: unknown part(s) {', '.join(bad) or '(none)'}; valid: {', '.join(bench.PARTS)}")
-        kw["parts"] = parts
-    if a.blocks:
-        kw["blocks"] = parse_blocks(a.blocks)
-    if a.memory_size:
-        try:
-            kw["memory_probes"], kw["memory_gallery"] = (int(v) for v in a.memory_size.lower().split("x"))
-        except ValueError:
-            raise MtdnetError(f"--memory-size: '{a.memory_size}' is not PxG (e.g. 1000x10000)") from None
-        positive("--memory-size", min(kw["memory_probes"], kw["memory_gallery"]))
-    for prof in ("memory_profile", "train_profile", "prep_profile"):
-        if getattr(a, prof):
-            kw[prof] = get_profile(getattr(a, prof)).name
-    for name in ("memory_budget_mb", "memory_pair_batches", "train_iters", "train_rounds", "cmc_size",
-                 "cmc_loop_probes"):
-        if getattr(a, name) is not None:
-            kw[name] = positive("--" + name.replace("_", "-"), getattr(a, name))
-    if a.train_warmup is not None:
-        if a.train_warmup < 0:
-            raise MtdnetError(f"--train-warmup must be >= 0, got {a.train_warmup}")
-        kw["train_warmup"] = a.train_warmup
-    if a.prep_dataset:
-        from spec.profiles import check_dataset
-        kw["prep_dataset"] = check_dataset(a.prep_dataset)
-    if a.prep_root:
-        kw["prep_root"] = os.path.abspath(a.prep_root)
-    if a.seed is not None:
-        kw["seed"] = a.seed
-    settings = bench.quick_settings(**kw) if a.quick else bench.Settings(**kw)
+    settings = bench.settings_from_args(a)
     out = a.out if a.out or a.quick else bench.DEFAULT_OUT
     bench.run(settings, out=out)
     return 0
