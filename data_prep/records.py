@@ -41,6 +41,9 @@ class Facts:
     paper_test_ids: list = None    # the authors' recorded test identities
     paper_source: str = ""         # the file under data_prep/splits they come from
     paper_test_names: list = None  # their recorded images (VIPeR's stems), checked by the split
+    paper_val_ids: list = None     # the authors' recorded validation identities (CUHK03)
+    paper_rule: str = ""           # what the paper split's test set is, when not paper_source's identities
+    substitute: str = None         # why the paper split differs from the authors' here (named in results)
     cameras: tuple = ("cam_a", "cam_b")
     probe_camera: int = PROBE_CAMERA
     gallery_camera: int = GALLERY_CAMERA

@@ -71,8 +71,11 @@ def make_split(dataset, split, seed, num_test=None, num_val=None):
             raise MtdnetError(f"--num-test applies to random and val splits; split '{name}' uses recorded "
                               f"test identities")
         if kind == "paper":
-            test, source = facts.paper_test_ids, f"data_prep/splits/{facts.paper_source}"
-            rule = f"paper: the authors' recorded test identities ({source})"
+            source = f"data_prep/splits/{facts.paper_source}" if facts.paper_source else facts.paper_rule
+            test = facts.paper_test_ids
+            if not test:
+                raise MtdnetError(f"{facts.root}: {facts.name} has no paper test identities here ({source})")
+            rule = facts.paper_rule or f"paper: the authors' recorded test identities ({source})"
         else:
             test, source = facts.testsets[k], f"testsets{{{k + 1}}} of {facts.inputs[0]}"
             rule = f"CUHK03 testsets{{{k + 1}}} (1-based in MATLAB) of cuhk-03.mat"
@@ -93,8 +96,17 @@ def make_split(dataset, split, seed, num_test=None, num_val=None):
     rest = [p for p in ids if p not in test_set]
     if len(rest) < n_val + 2:
         raise MtdnetError(f"{facts.root}: {len(rest)} non-test identities, too few for {n_val} val + 2 train")
-    val = sorted(int(p) for p in rng.choice(rest, n_val, replace=False)) if n_val else []
-    if val:
+    recorded = [int(p) for p in (facts.paper_val_ids or []) if p in present and p not in test_set] \
+        if kind == "paper" else []
+    recorded = recorded[:n_val]
+    others = [p for p in rest if p not in set(recorded)]
+    drawn = [int(p) for p in rng.choice(others, n_val - len(recorded), replace=False)] if n_val > len(recorded) else []
+    val = sorted(recorded + drawn)
+    if recorded:
+        rule += (f"; val: the authors' {len(facts.paper_val_ids)} recorded validation identities"
+                 + (f" less {len(facts.paper_val_ids) - len(recorded)} that are test identities here, "
+                    f"{len(drawn)} drawn from the rest with seed [{seed}, {k}]" if drawn else ""))
+    elif val:
         rule += f"; {n_val} val drawn from the rest with seed [{seed}, {k}]"
     val_set = set(val)
     train = [p for p in rest if p not in val_set]
@@ -111,7 +123,7 @@ def make_split(dataset, split, seed, num_test=None, num_val=None):
         "sizes": dict(sizes, distractors=len(distractors)),
         "cameras": list(facts.cameras), "probe_camera": facts.probe_camera,
         "gallery_camera": facts.gallery_camera, "cameras_known": facts.cameras_known,
-        "warnings": warnings,
+        "warnings": warnings, "substitute": facts.substitute if kind == "paper" else None,
     }
 
 

@@ -72,6 +72,21 @@ def _mat_attrs(obj, cls, empty=False):
         obj.attrs["MATLAB_empty"] = np.uint8(1)
 
 
+def write_cuhk03_folder(root, persons, images="detected", views=None, h=8, w=4, ext=".png"):
+    """torchreid's extraction of cuhk-03.mat: root/images_<images>/{pair}_{index:03d}_{view}_{col:02d}.png.
+
+    persons / views as write_cuhk03 (default: columns 1 and 6, one image per view)."""
+    views = views or (lambda pair, i, col: col in (1, 6))
+    for pair, count in enumerate(persons, start=1):
+        for i in range(1, count + 1):
+            for col in range(1, 11):
+                if views(pair, i, col):
+                    view = 1 if col <= 5 else 2
+                    _write(os.path.join(root, f"images_{images}", f"{pair}_{i:03d}_{view}_{col:02d}{ext}"),
+                           person_image(pair * 1000 + i, view - 1, col, h, w))
+    return root
+
+
 def write_cuhk03(path, persons, views=None, testsets=(), h=24, w=10, detected=True):
     """cuhk-03.mat as MATLAB -v7.3 writes it: an HDF5 file behind a 512-byte MATLAB header.
 

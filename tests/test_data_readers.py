@@ -44,12 +44,15 @@ def test_viper_real_632_identities_two_cameras():
     assert img.shape == (128, 48, 3) and img.dtype == np.uint8
 
 
-# sha256 of the identities the authors recorded (RecordedTestdata*.npy of their release, as JSON),
-# checked byte for byte against the copies they were taken from when they were added.
+# sha256 of the shipped splits, checked byte for byte against the copies they were taken from
+# when they were added: the identities the authors recorded (Recorded*data*.npy of their release,
+# as JSON), and one official CUHK03 test set whose index among the 20 is unknown (each file says
+# where it comes from).
 RECORDED = {
     "cuhk01_test.json": "a4c83eefcc61c6ee25940f17291bb9b8806b209092a637a3a0cba93564fa963f",
     "cuhk01half_test.json": "9cd5dcb25f7377bd1c955e482a397672cac6c2bb33ba4c0b992156971d144c5a",
-    "cuhk03_test.json": "7d85d71caaae35a5c2df9a3cd72ac697b452bf27bc4e3f72323a48c271ff2f7a",
+    "cuhk03_recorded_val.json": "7d85d71caaae35a5c2df9a3cd72ac697b452bf27bc4e3f72323a48c271ff2f7a",
+    "cuhk03_official_testset_index_unknown.json": "60899596ba359d0969c4bfd757d686c3fc2a85f73d6a29888cee57e315ce64ef",
     "ilids_test.json": "f298c0f333178b1e33fd68dee25fbe94c8abfcbfb0d71ac983f6e9b978ab46c8",
     "prid_test.json": "0ad91256a0bbfad516ac41d59485e2ab8348f07276acfb8b9d877e37c1c49a58",
     "viper_test.json": "8e5abd3fa3d2ce9a3827756ba1595115307369ec121303f496d4394137b3d66a",
@@ -61,6 +64,51 @@ def test_shipped_paper_splits_are_the_recorded_ones():
     for name, digest in RECORDED.items():
         with open(os.path.join(SPLITS_DIR, name), "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == digest, name
+
+
+def test_cuhk03_image_folders(tmp_path):
+    """torchreid's extraction: images_<set>/{pair}_{index:03d}_{view}_{column:02d}.png, png or jpg."""
+    F.write_cuhk03_folder(str(tmp_path), [3, 2, 1, 1, 1], images="detected",
+                          views=lambda pair, i, col: col in (1, 2, 7))
+    F.write_cuhk03_folder(str(tmp_path), [3, 2, 1, 1, 1], images="labeled", ext=".jpg")
+    det = read_dataset("cuhk03detected", str(tmp_path))
+    assert len(det.records) == 8 * 3 and det.person_ids() == [1001, 1002, 1003, 2001, 2002, 3001, 4001, 5001]
+    assert sorted({(r.name.split("_")[-2], r.camera_id) for r in det.records}) == [("1", 0), ("2", 1)]
+    assert det.facts.identities == [1001, 1002, 1003, 2001, 2002, 3001]   # camera pairs 1-3
+    assert det.facts.testsets is None and det.facts.substitute
+    assert det.facts.options == {"images": "detected"} and det.facts.key == "cuhk03"
+    lab = read_dataset("cuhk03", str(tmp_path))
+    assert len(lab.records) == 16 and lab.records[0].name.startswith("images_labeled/")
+    assert load_image(lab.records[0]).shape == (8, 4, 3)
+
+
+@pytest.mark.parametrize("name,msg", [
+    ("1_001_1_07.png", "columns 01-05 are view 1"), ("6_001_1_01.png", "camera pair 6"),
+    ("1_1_1_01.png", "does not match"),
+])
+def test_cuhk03_image_folder_bad_names(tmp_path, name, msg):
+    F.write_cuhk03_folder(str(tmp_path), [1, 1, 1, 0, 0])
+    F._write(str(tmp_path / "images_detected" / name), F.person_image(1, 0))
+    with pytest.raises(MtdnetError, match=msg):
+        read_dataset("cuhk03detected", str(tmp_path))
+
+
+def test_cuhk03_layouts_missing_or_other_set(tmp_path):
+    F.write_cuhk03_folder(str(tmp_path), [1, 1, 1, 0, 0], images="detected")
+    with pytest.raises(MtdnetError, match="no images_labeled/ folder \\(it has images_detected/: choose"):
+        read_dataset("cuhk03", str(tmp_path))
+    # Where both are present, the .mat (with its testsets) wins.
+    F.write_cuhk03(str(tmp_path / "cuhk-03.mat"), [2, 1, 1, 0, 0], testsets=[[(1, 1)]])
+    ds = read_dataset("cuhk03detected", str(tmp_path))
+    assert ds.facts.testsets == [[1001]] and ds.records[0].name.startswith("cuhk-03.mat:")
+
+
+@needs_real("cuhk03detected")
+def test_cuhk03_real_detected_folder():
+    ds = read_dataset("cuhk03detected")
+    assert len(ds.records) == 14097 and len(ds.person_ids()) == 1467
+    assert len(ds.facts.identities) == 1360
+    assert load_image(ds.records[0]).shape == (128, 64, 3)
 
 
 def test_cuhk01_fixture(tmp_path):
@@ -142,7 +190,7 @@ def test_missing_root_names_the_path(tmp_path, name):
 
 @pytest.mark.parametrize("name,expect", [
     ("viper", "cam_a: missing"), ("cuhk01", "not a CUHK01 directory"),
-    ("cuhk03", "no cuhk-03.mat"), ("ilids", "not an i-LIDS directory"),
+    ("cuhk03", "no cuhk-03.mat here .nor in cuhk03_release/. and no images_labeled/"), ("ilids", "not an i-LIDS directory"),
     ("prid2011", "not a PRID2011 directory")])
 def test_wrong_layout(tmp_path, name, expect):
     F.write_cuhk01(tmp_path / "x", [1]) if name != "cuhk01" else F.write_viper(tmp_path / "x", [1])

@@ -113,19 +113,47 @@ def test_cuhk01_paper_split(tmp_path):
     assert [name[i][-7:-4] for i in e["gallery_all"]] == ["003", "004"]
 
 
-def test_cuhk03_paper_split_sizes_and_val(cuhk03):
+def recorded_val():
+    return sorted(p * 1000 + i for p, i in paper_split("cuhk03_recorded_val.json")["rows"])
+
+
+def test_cuhk03_paper_split_is_testsets1_with_the_recorded_validation_list(cuhk03):
+    """As the authors' BuildData_cuhk03.py: test = testsets{1}, val = their recorded list."""
     s, images = split_of(cuhk03, "paper")
-    rows = paper_split("cuhk03_test.json")["rows"]
-    assert s["test"] == sorted(p * 1000 + i for p, i in rows)
-    assert (len(s["train"]), len(s["val"]), len(s["test"])) == (1160, 100, 100)
-    assert s["warnings"] == []
+    assert s["test"] == [1001, 2005, 3007]               # the fixture's testsets{1}
+    assert s["val"] == recorded_val() and s["substitute"] is None
+    assert "testsets{1} of cuhk-03.mat" in s["rule"]
+    assert (len(s["train"]), len(s["val"])) == (1360 - 3 - 100, 100)
     check_partition(s, cuhk03.facts.identities)
     assert all(p // 1000 in (1, 2, 3) for p in s["train"] + s["val"])
     assert not any(im["person_id"] // 1000 in (4, 5) for im in images)   # pairs 4-5: not in the protocol
-    again = protocol.make_split(cuhk03, "paper", 1701)
-    other = protocol.make_split(cuhk03, "paper", 7)
-    assert again["val"] == s["val"] and other["val"] != s["val"] and other["test"] == s["test"]
     assert len(s["eval"]["val"]["identities"]) == 100
+    r = protocol.make_split(cuhk03, "random0", 1701)
+    again = protocol.make_split(cuhk03, "random0", 1701)
+    other = protocol.make_split(cuhk03, "random0", 7)
+    assert again["val"] == r["val"] and other["val"] != r["val"]
+
+
+@pytest.fixture(scope="module")
+def cuhk03_folders(tmp_path_factory):
+    """torchreid's image folders with the real camera-pair sizes: no cuhk-03.mat, no testsets."""
+    d = tmp_path_factory.mktemp("cuhk03_folders")
+    F.write_cuhk03_folder(str(d), CUHK03_PAIRS[:3] + [2, 2], h=4, w=2)
+    return read_dataset("cuhk03detected", str(d))
+
+
+def test_cuhk03_without_the_mat_uses_a_named_substitute(cuhk03_folders):
+    s, _ = split_of(cuhk03_folders, "paper")
+    unknown = sorted(p * 1000 + i for p, i in paper_split("cuhk03_official_testset_index_unknown.json")["rows"])
+    assert s["test"] == unknown
+    shared = set(recorded_val()) & set(unknown)
+    assert len(shared) == 6 and set(recorded_val()) - shared <= set(s["val"]) and len(s["val"]) == 100
+    assert not set(s["val"]) & set(s["test"])
+    assert s["substitute"] and "index unknown" in s["substitute"] and s["substitute"] in s["warnings"]
+    assert "(substitute)" in s["rule"] and "6 drawn from the rest" in s["rule"]
+    assert (len(s["train"]), len(s["test"])) == (1160, 100)
+    with pytest.raises(MtdnetError, match="no recorded test sets"):
+        protocol.split_names(cuhk03_folders.facts, "testsets")
 
 
 def test_cuhk03_gallery_is_first_camera_b_image(cuhk03):

@@ -1,4 +1,19 @@
-"""CUHK03: cuhk-03.mat, a MATLAB v7.3 file (HDF5, read with h5py).
+"""CUHK03: cuhk-03.mat (MATLAB v7.3), or the image folders torchreid extracts from it.
+
+Two layouts, the .mat winning where both are present:
+- cuhk-03.mat (in DATA_ROOT, DATA_ROOT/cuhk03_release/, or DATA_ROOT itself);
+- images_labeled/ and images_detected/ in DATA_ROOT, one file per image named
+  {pair}_{index:03d}_{view}_{column:02d}.png (or .jpg), torchreid's extraction.
+The option `images` (labeled / detected) picks the variable or the folder.
+
+The paper protocol tests on testsets{1} of the .mat and validates on the 100
+identities the authors recorded (data_prep/splits/cuhk03_recorded_val.json). The
+image folders carry no testsets: there the paper split is a documented
+substitute, one genuine CUHK03 test set whose index among the 20 is unknown
+(cuhk03_official_testset_index_unknown.json), with the recorded validation list
+less the identities it shares with that test set, topped up with seeded ones.
+
+The .mat:
 
 Variables: `labeled` and `detected`, 1x5 cells (one per camera pair), each a
 persons x 10 cell of images (columns 1-5 camera A = view 1, 6-10 camera B =
@@ -23,6 +38,9 @@ from data_prep.records import (Dataset, Facts, Record, check_both_cameras,
 NAME = "CUHK03"
 MAT = "cuhk-03.mat"
 IMAGE_SETS = ("labeled", "detected")
+FOLDER_FILE = re.compile(r"^(\d)_(\d{3})_([12])_(\d{2})\.(png|jpg|jpeg)$", re.IGNORECASE)
+RECORDED_VAL = "cuhk03_recorded_val.json"
+UNKNOWN_TESTSET = "cuhk03_official_testset_index_unknown.json"
 PROTOCOL_PAIRS = (1, 2, 3)
 VIEWS = 10            # cells per person: 5 per camera
 
@@ -31,15 +49,20 @@ def person_id(pair, index):
     return int(pair) * 1000 + int(index)
 
 
-def mat_path(root):
+def mat_path(root, images="labeled"):
+    """The .mat under root, or None when root holds torchreid's images_<images>/ folder instead."""
     if os.path.isfile(root):
         return root
     require_dir(root, f"{NAME} root")
     for p in (os.path.join(root, MAT), os.path.join(root, "cuhk03_release", MAT)):
         if os.path.isfile(p):
             return p
-    raise MtdnetError(f"{root}: no {MAT} here (nor in cuhk03_release/); set DATA_ROOT to the "
-                      f"directory holding {MAT}")
+    if os.path.isdir(os.path.join(root, f"images_{images}")):
+        return None
+    others = [f"images_{x}/" for x in IMAGE_SETS if os.path.isdir(os.path.join(root, f"images_{x}"))]
+    raise MtdnetError(f"{root}: no {MAT} here (nor in cuhk03_release/) and no images_{images}/ folder"
+                      + (f" (it has {', '.join(others)}: choose that image set)" if others else "")
+                      + f"; set DATA_ROOT to the directory holding {MAT} or torchreid's images_{images}/")
 
 
 def open_mat(path):
@@ -98,7 +121,63 @@ def _is_empty(obj):
 def read(root, images="labeled"):
     if images not in IMAGE_SETS:
         raise MtdnetError(f"{NAME}: unknown image set '{images}'; valid: {', '.join(IMAGE_SETS)}")
-    path = mat_path(root)
+    path = mat_path(root, images)
+    if path is None:
+        return read_folder(root, images)
+    records, testsets = read_mat(path, images)
+    return _dataset(root, images, records, [path], testsets[0] if testsets else [], testsets, "", [])
+
+
+def _dataset(root, images, records, inputs, test_ids, testsets, test_source, notes, substitute=None):
+    pool = sorted({r.person_id for r in records if r.person_id // 1000 in PROTOCOL_PAIRS})
+    check_both_cameras(records, f"{NAME} ({images}, camera pairs 1-3)", ids=pool)
+    val = paper_split(RECORDED_VAL)
+    facts = Facts(
+        name=NAME, root=root, n_train=1160, n_val=100, n_test=100,
+        protocol=f"CUHK03 ({images}, camera pairs 1-3): 1160 train / 100 val / 100 test "
+                 f"identities; probes camera A, gallery the first camera-B image",
+        paper_test_ids=test_ids, paper_source=test_source,
+        paper_val_ids=[person_id(p, i) for p, i in val["rows"]],
+        cameras=("view 1 (columns 1-5)", "view 2 (columns 6-10)"),
+        identities=pool, testsets=testsets, inputs=inputs, options={"images": images}, notes=notes,
+        paper_rule=("paper: testsets{1} of cuhk-03.mat (the authors' test set)" if testsets else
+                    f"paper (substitute): the official CUHK03 test set of data_prep/splits/{test_source}, "
+                    f"index among the 20 unknown"),
+        substitute=substitute)
+    return Dataset(records, facts)
+
+
+def read_folder(root, images):
+    """torchreid's extraction: images_<images>/{pair}_{index:03d}_{view}_{column:02d}.<png|jpg>."""
+    d = os.path.join(root, f"images_{images}")
+    records, inputs = [], []
+    for f in sorted(os.listdir(d)):
+        if f.startswith("."):
+            continue
+        path = os.path.join(d, f)
+        m = FOLDER_FILE.match(f)
+        if not m:
+            raise MtdnetError(f"{path}: name does not match {{pair}}_{{index:03d}}_{{view}}_{{column:02d}}.png "
+                              f"(torchreid's CUHK03 image folders)")
+        pair, index, view, col = (int(x) for x in m.groups()[:4])
+        if not 1 <= pair <= 5 or not 1 <= col <= VIEWS or view != (1 if col <= 5 else 2):
+            raise MtdnetError(f"{path}: camera pair {pair}, view {view}, column {col}: pairs are 1-5 and "
+                              f"columns 01-05 are view 1, 06-10 view 2")
+        records.append(Record(path, person_id(pair, index), view - 1, f"images_{images}/{f}"))
+        inputs.append(path)
+    if not records:
+        raise MtdnetError(f"{d}: no images")
+    unknown = paper_split(UNKNOWN_TESTSET)
+    test = [person_id(p, i) for p, i in unknown["rows"]]
+    note = (f"no {MAT}, so testsets{{1}} (the authors' test set) is unknown: the paper split is a "
+            f"substitute that tests on one of the 20 official CUHK03 test sets, index unknown "
+            f"(data_prep/splits/{UNKNOWN_TESTSET}), and validates on the authors' recorded validation "
+            f"list without the identities it shares with that test set, topped up with seeded ones")
+    return _dataset(root, images, records, inputs, test, None, UNKNOWN_TESTSET, [note], substitute=note)
+
+
+def read_mat(path, images):
+    """(records, testsets) of cuhk-03.mat's `images` variable."""
     f = open_mat(path)
     for var in (images, "testsets"):
         if var not in f:
@@ -127,8 +206,6 @@ def read(root, images="labeled"):
                                       f"{MAT}:{images}{{{pair}}}({i},{col:02d})"))
     if not records:
         raise MtdnetError(f"{path}: '{images}' holds no images")
-    pool = sorted({r.person_id for r in records if r.person_id // 1000 in PROTOCOL_PAIRS})
-    check_both_cameras(records, f"{NAME} ({images}, camera pairs 1-3)", ids=pool)
     testsets = []
     for k, tref in enumerate(_refs(f, f["testsets"], path, "'testsets'").ravel()):
         rows = np.asarray(f[tref][()]).T
@@ -136,12 +213,4 @@ def read(root, images="labeled"):
             raise MtdnetError(f"{path}: testsets{{{k + 1}}} has shape {rows.shape[::-1]} on disk; "
                               f"expected k x 2 (camera pair, person)")
         testsets.append([person_id(p, i) for p, i in rows])
-    paper = paper_split("cuhk03_test.json")
-    facts = Facts(
-        name=NAME, root=root, n_train=1160, n_val=100, n_test=100,
-        protocol=f"CUHK03 ({images}, camera pairs 1-3): 1160 train / 100 val / 100 test "
-                 f"identities; probes camera A, gallery the first camera-B image",
-        paper_test_ids=[person_id(p, i) for p, i in paper["rows"]], paper_source="cuhk03_test.json",
-        cameras=("view 1 (columns 1-5)", "view 2 (columns 6-10)"),
-        identities=pool, testsets=testsets, inputs=[path], options={"images": images})
-    return Dataset(records, facts)
+    return records, testsets
