@@ -53,12 +53,14 @@ train:
 	  $(TRAIN_ARGS)
 
 # make eval DATASET=<d> VARIANT=<v> PROFILE=<p> [SPLIT=paper|random<k>|random] [SPLITS=random0,random1,...]
-#           [PROTOCOL=paper|random] [TRIALS=10] [MODEL=<caffemodel>] [EVAL_ARGS=...]
+#           [PROTOCOL=paper|random] [TRIALS=10] [MODEL=<caffemodel>] [ON=val] [SELECT=1] [EVAL_ARGS=...]
+#           ON=val ranks the validation identities; SELECT=1 picks the snapshot on them, then tests it
 eval:
 	$(NEED_VENV)
 	$(ACTIVATE) python tools/evaluate.py --dataset $(DATASET) --variant $(VARIANT) --profile $(PROFILE) \
 	  --split $(SPLIT) $(SET_ARG) $(if $(SPLITS),--splits $(SPLITS)) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
-	  $(if $(TRIALS),--trials $(TRIALS)) $(if $(MODEL),--model '$(MODEL)') $(EVAL_ARGS)
+	  $(if $(TRIALS),--trials $(TRIALS)) $(if $(MODEL),--model '$(MODEL)') $(if $(ON),--on $(ON)) \
+	  $(if $(SELECT),--select-on-val) $(EVAL_ARGS)
 
 # make report [REPORT_ARGS=--runs-dir <dir>]: runs/report.md, report_cmc.png, report_ranked_<dataset>.png
 report:

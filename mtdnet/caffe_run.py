@@ -24,6 +24,12 @@ def snapshot_iter(path):
     return int(m.group(1)) if m else -1
 
 
+def snapshots(prefix, ext="caffemodel"):
+    """Every non-empty `<prefix>_iter_N.<ext>`, by iteration."""
+    return sorted((p for p in glob.glob(f"{glob.escape(prefix)}_iter_*.{ext}") if os.path.getsize(p) > 0),
+                  key=snapshot_iter)
+
+
 def latest_snapshot(prefix, ext="solverstate"):
     """The newest `<prefix>_iter_N.<ext>` whose files are complete, or None.
 
@@ -31,7 +37,7 @@ def latest_snapshot(prefix, ext="solverstate"):
     solverstate that exists names a complete pair unless it is empty
     (killed mid-write): such files are skipped.
     """
-    found = [p for p in glob.glob(f"{prefix}_iter_*.{ext}") if os.path.getsize(p) > 0]
+    found = snapshots(prefix, ext)
     if ext == "solverstate":
         found = [p for p in found if os.path.exists(p[:-len("solverstate")] + "caffemodel")]
     return max(found, key=snapshot_iter) if found else None

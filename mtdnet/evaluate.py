@@ -49,9 +49,13 @@ class Evaluation:
     model: str = None                  # a .caffemodel (default: the run's newest snapshot)
     scorer: str = "fast"               # pair scorer (scoring.PAIR_SCORERS)
     gpu: bool = False                  # score on the GPU (a CUDA build)
+    on: str = "test"                   # the identities ranked: the split's "test" or "val" ones
+    pictures: bool = True              # draw the CMC and ranked-gallery pictures
 
     def __post_init__(self):
         trials.check_protocol(self.protocol)
+        if self.on not in ("test", "val"):
+            raise MtdnetError(f"unknown identity set '{self.on}' to evaluate on; valid: test, val")
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
             raise MtdnetError(f"TRIALS must be a positive integer, got {self.trials!r}")
         if self.scorer not in scoring.PAIR_SCORERS:
@@ -94,11 +98,15 @@ def deploy_net(run, workdir):
     return tmp, f"{rel} (generated at evaluation)"
 
 
-def make_trials(prepared, protocol, n_trials=DEFAULT_TRIALS, seed=0):
-    """The trials of `protocol` for a prepared split (split.json + images.json)."""
+def make_trials(prepared, protocol, n_trials=DEFAULT_TRIALS, seed=0, on="test"):
+    """The trials of `protocol` for a prepared split (split.json + images.json), ranking its
+    `on` identities (test, or val for choosing settings and snapshots)."""
     split, images = prepared.split, prepared.images
+    if on != "test" and not split.get(on):
+        raise MtdnetError(f"{prepared.dir}: the split has no {on} identities to evaluate on "
+                          f"(a split with them: SPLIT=val, or CUHK03's paper split)")
     pid = {im["index"]: im["person_id"] for im in images}
-    test = (split.get("eval") or {}).get("test")
+    test = (split.get("eval") or {}).get(on)
     if protocol == "paper" and test:
         # The fixed gallery exactly as data_prep recorded it.
         try:
@@ -112,7 +120,8 @@ def make_trials(prepared, protocol, n_trials=DEFAULT_TRIALS, seed=0):
     return trials.trials_from_records(
         images, protocol, n_trials=n_trials, seed=seed,
         probe_camera=split.get("probe_camera", 0), gallery_camera=split.get("gallery_camera", 1),
-        distractor_ids=split.get("distractors", ()), pool=not split.get("cameras_known", True))
+        distractor_ids=split.get("distractors", ()) if on == "test" else (),
+        pool=not split.get("cameras_known", True), role=on)
 
 
 class _Images:
@@ -144,9 +153,9 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print):
     """Score, evaluate and write one evaluation of a spec.Run; returns the cmc.json dict."""
     prof, project = run.profile, run.project
     prepared = load_prepared(run.data)
-    model, info = find_model(run, ev.model)
     seed = prof.seed if ev.seed is None else int(ev.seed)
-    the_trials = make_trials(prepared, ev.protocol, ev.trials, seed)
+    the_trials = make_trials(prepared, ev.protocol, ev.trials, seed, ev.on)
+    model, info = find_model(run, ev.model)
     rows, cols = trials.score_layout(the_trials)
     out = run.result_dir
     kind = run.variant.score
@@ -155,7 +164,8 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print):
     with tempfile.TemporaryDirectory(prefix="mtdnet-eval-") as tmp:
         deploy_path, deploy = deploy_net(run, tmp)
         net = scoring.load_net(deploy_path, model)
-    log(f"evaluating {project.rel(model)} on {project.rel(prepared.dir)}: {ev.protocol} protocol, "
+    log(f"evaluating {project.rel(model)} on the {ev.on} identities of {project.rel(prepared.dir)}: "
+        f"{ev.protocol} protocol, "
         f"{len(the_trials)} trial(s), {rows.size} probe x {cols.size} gallery images, "
         f"score: {SCORE_KINDS[kind]}")
 
@@ -188,7 +198,8 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print):
             os.path.abspath(project.abs(info["model"])) == model else None
     body.update(
         dataset=run.dataset.name, variant=run.variant.key, profile=prof.name,
-        overrides=dict(prof.overrides), split=run.split.name,
+        overrides=dict(prof.overrides), split=run.split.name, on=ev.on,
+        split_rule=prepared.split.get("rule"), substitute=prepared.split.get("substitute"),
         model=project.rel(model), iterations=iters, seed=info.get("seed", prof.seed),
         init=info.get("init", "unknown (no run.json)"), run=run.result_name,
         data=project.rel(prepared.dir), deploy=deploy, score_kind=kind, scoring=SCORE_KINDS[kind],
@@ -196,21 +207,54 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print):
         scored=[int(rows.size), int(cols.size)], score_seconds=round(seconds, 1),
         evaluated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
-    atomic_write_bytes(run.result(ev.protocol, "scores", "npz"),
+    atomic_write_bytes(run.result(ev.protocol, "scores", "npz", ev.on),
                        _npz_bytes(scores=scores, rows=rows, cols=cols))
-    atomic_write_json(run.result(ev.protocol), body)
-    atomic_write_json(os.path.join(out, "cmc.json"), body)
-    pictures(body, out, prepared, the_trials[0], scores, rows, cols, probes, gallery, higher)
-    log(summary(body, project.rel(run.result(ev.protocol))))
+    atomic_write_json(run.result(ev.protocol, on=ev.on), body)
+    if ev.on == "test":
+        atomic_write_json(os.path.join(out, "cmc.json"), body)
+    if ev.pictures:
+        pictures(body, run, ev, prepared, the_trials[0], scores, rows, cols, probes, gallery, higher)
+    log(summary(body, project.rel(run.result(ev.protocol, on=ev.on))))
     return body
 
 
-def pictures(body, out, prepared, trial, scores, rows, cols, probes, gallery, higher):
+def select_snapshot(run, ev=Evaluation(), progress=True, log=print):
+    """Evaluate every snapshot of the run on the split's validation identities, pick the best
+    (rank-1, then mAP, then the later iteration), evaluate it on the test identities.
+
+    Writes select-val.json (each snapshot's validation numbers and the choice) and
+    select-val.png; returns the test result, which records the choice under "selected"."""
+    snaps = caffe_run.snapshots(run.snapshot_prefix, "caffemodel")
+    if not snaps:
+        raise MtdnetError(f"{run.snapshot_prefix}_iter_*.caffemodel: no snapshots to choose from; "
+                          f"train first ({run.commands()[0]})")
+    curve = []
+    for k, snap in enumerate(snaps, 1):
+        log(f"snapshot {k}/{len(snaps)}: {run.project.rel(snap)}")
+        r = evaluate(run, dataclasses.replace(ev, on="val", model=snap, pictures=False), progress, log)
+        curve.append({"iteration": caffe_run.snapshot_iter(snap), "model": run.project.rel(snap),
+                      "rank1": r["rank1"], "rank5": r["rank5"], "mAP": r["mAP"]})
+    best = max(curve, key=lambda c: (c["rank1"], c["mAP"], c["iteration"]))
+    choice = {"by": "validation rank-1 (then mAP, then the later iteration)", "protocol": ev.protocol,
+              "iteration": best["iteration"], "model": best["model"], "val_rank1": best["rank1"],
+              "val_mAP": best["mAP"], "curve": curve, "variant": run.variant.key}
+    atomic_write_json(run.selection, choice)
+    plots.plot_selection(curve, best["iteration"], os.path.join(run.result_dir, "select-val.png"),
+                         title=f"{run.result_name}: validation rank-1 per snapshot")
+    log(f"chosen on validation: iteration {best['iteration']} (val rank-1 {best['rank1']:.2f}%)")
+    body = evaluate(run, dataclasses.replace(ev, on="test", model=run.project.abs(best["model"])), progress, log)
+    body["selected"] = {k: v for k, v in choice.items() if k != "curve"}
+    atomic_write_json(run.result(ev.protocol), body)
+    atomic_write_json(os.path.join(run.result_dir, "cmc.json"), body)
+    return body
+
+
+def pictures(body, run, ev, prepared, trial, scores, rows, cols, probes, gallery, higher):
     """cmc-<protocol>.png and ranked-<protocol>.png (the first trial's ranked gallery)."""
     protocol = body["protocol"]
     title = (f"{body['dataset']} {body['variant']} ({body['profile']} profile, {body['split']} split, "
-             f"{protocol} protocol)")
-    plots.plot_cmc([(body["run"], body)], os.path.join(out, f"cmc-{protocol}.png"), title=title)
+             f"{protocol} protocol" + (f", {ev.on} identities)" if ev.on != "test" else ")"))
+    plots.plot_cmc([(body["run"], body)], run.result(protocol, "cmc", "png", ev.on), title=title)
     s = trials.trial_scores(scores, rows, cols, trial)
     r = np.searchsorted(rows, trial.probe)
     c = np.searchsorted(cols, trial.gallery)
@@ -223,7 +267,7 @@ def pictures(body, out, prepared, trial, scores, rows, cols, probes, gallery, hi
         _Images(trial.probe, records, root, probes[r]), _Images(trial.gallery, records, root, gallery[c]),
         higher_is_better=higher, n_rows=RANKED_PROBES, top=RANKED_TOP)
     # The picture is narrow (probe + top 10): a short title.
-    plots.plot_ranked_gallery(rows_, os.path.join(out, f"ranked-{protocol}.png"),
+    plots.plot_ranked_gallery(rows_, run.result(protocol, "ranked", "png", ev.on),
                               title=f"{body['run']}, {protocol}")
 
 

@@ -101,6 +101,17 @@ def plot_cmc(runs, path, *, title="CMC", max_rank=None):
     return _finish(fig, ax, path, "rank", "matching rate (%)", title, "lower right")
 
 
+def plot_selection(curve, chosen, path, *, title="validation rank-1 per snapshot"):
+    """Validation rank-1 and mAP against the snapshot's iteration, the `chosen` iteration marked."""
+    fig = _figure(LOSS_SIZE)
+    ax = fig.add_subplot(1, 1, 1)
+    its = [c["iteration"] for c in curve]
+    ax.plot(its, [c["rank1"] for c in curve], "o-", label="rank-1")
+    ax.plot(its, [c["mAP"] for c in curve], "s--", label="mAP")
+    ax.axvline(chosen, color="green", alpha=0.5, label=f"chosen: iteration {chosen}")
+    return _finish(fig, ax, path, "iteration", "validation (%)", title, "lower right")
+
+
 def plot_loss_curve(log, path, *, title="training loss"):
     """Loss curve PNG (LOSS_SIZE pixels) from a Caffe log path or a parsed log.
 

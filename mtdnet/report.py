@@ -35,6 +35,8 @@ def find_results(runs_dir):
         lacking = [k for k in REQUIRED if k not in r]
         if lacking:
             raise MtdnetError(f"{path}: not a `make eval` result (lacks {', '.join(lacking)})")
+        if r.get("on", "test") != "test":
+            continue       # validation numbers choose settings and snapshots; they are not results
         try:
             if Split.parse(r.get("split")).is_tuning:
                 continue   # tuning numbers on held-out training identities, not a test result
@@ -62,6 +64,10 @@ def label(r):
     profile = r["profile"] + "".join(f", {k}={v}" for k, v in sorted((r.get("overrides") or {}).items()))
     bits += [split_label(r), f"profile {profile}", f"init {r.get('init', 'unknown')}",
              f"{_value(r.get('iterations'))} iterations", f"seed {_value(r.get('seed'))}"]
+    if r.get("selected"):
+        bits.append(f"snapshot chosen on validation rank-1 ({r['selected']['val_rank1']:.2f})")
+    if r.get("substitute"):
+        bits.append(f"split: {r['substitute']}")
     return ", ".join(bits)
 
 

@@ -231,9 +231,16 @@ class Run:
     def init_model(self):
         return os.path.join(self.dir, "init.caffemodel")
 
-    def result(self, protocol, what="cmc", ext="json"):
-        """runs/<result>/<what>-<protocol>.<ext> (cmc, scores, ranked)."""
-        return os.path.join(self.result_dir, f"{what}-{protocol}.{ext}")
+    def result(self, protocol, what="cmc", ext="json", on="test"):
+        """runs/<result>/<what>-<protocol>.<ext> (cmc, scores, ranked); evaluations on the
+        validation identities: <what>-val-<protocol>.<ext>."""
+        middle = "" if on == "test" else f"{on}-"
+        return os.path.join(self.result_dir, f"{what}-{middle}{protocol}.{ext}")
+
+    @property
+    def selection(self):
+        """runs/<result>/select-val.json: every snapshot's validation rank-1 and the one chosen."""
+        return os.path.join(self.result_dir, "select-val.json")
 
     # --- solver numbers that depend on the dataset
     def solver_settings(self):

@@ -19,7 +19,10 @@ from spec import REPO_ROOT, MtdnetError
 from mtdnet import evaluate as E
 from mtdnet import cmc, plots
 from spec.profiles import get_profile
-from tests.helpers import deploy_file, eval_run, make_model, prepare_synthetic, run_of, save_deploy_model
+from data_prep.build import SplitOptions, prepare
+from mtdnet import report
+from tests.helpers import (PROFILE, deploy_file, eval_run, make_model, prepare_synthetic, run_of, save_deploy_model,
+                           tiny_project)
 
 PY = sys.executable
 KEYS = ("protocol", "rank1", "rank5", "rank10", "rank20", "mAP", "trials", "cmc", "model", "profile",
@@ -293,3 +296,38 @@ def test_make_eval_and_cli_errors(world, tmp_path):
     p = subprocess.run([PY, "tools/evaluate.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0 and "--protocol" in p.stdout and "--splits" in p.stdout
+
+
+# ---- choosing the snapshot on validation identities ------------------------------------
+
+def test_snapshot_chosen_on_validation_identities(tmp_path):
+    root = str(tmp_path)
+    prepare("synthetic", PROFILE, "paper", SplitOptions(num_val=4), project=tiny_project(root),
+            root=os.path.join(root, "raw"), progress=False, log=lambda *a: None,
+            synthetic_params=dict(num_ids=16, num_test=6))
+    run = run_of(data_dir=os.path.join(root, "data"), runs_dir=os.path.join(root, "runs"))
+    for it, seed in ((100, 31), (200, 32), (300, 33)):
+        make_model(f"{run.snapshot_prefix}_iter_{it}.caffemodel", run.project.data_dir, seed=seed)
+    val = E.evaluate(run, E.Evaluation(on="val", model=f"{run.snapshot_prefix}_iter_200.caffemodel"),
+                     progress=False, log=lambda *a: None)
+    assert val["on"] == "val" and val["gallery_size"] == 4
+    assert os.path.isfile(run.result("paper", on="val")) and not os.path.exists(run.result("paper"))
+    body = E.select_snapshot(run, E.Evaluation(), progress=False, log=lambda *a: None)
+    choice = load(run.selection)
+    assert [c["iteration"] for c in choice["curve"]] == [100, 200, 300]
+    best = max(choice["curve"], key=lambda c: (c["rank1"], c["mAP"], c["iteration"]))
+    assert choice["iteration"] == best["iteration"] and body["selected"]["iteration"] == best["iteration"]
+    assert body["on"] == "test" and body["gallery_size"] == 6 and body["iterations"] == best["iteration"]
+    assert load(os.path.join(run.result_dir, "cmc.json"))["selected"]["val_rank1"] == best["rank1"]
+    assert os.path.getsize(os.path.join(run.result_dir, "select-val.png")) > 0
+    # Validation numbers never reach the report.
+    assert [r["on"] for r in report.find_results(run.project.runs_dir)] == ["test"]
+    with pytest.raises(MtdnetError, match="no val identities"):
+        E.evaluate(run_of(data_dir=world_data(root)), E.Evaluation(on="val"), progress=False)
+
+
+def world_data(root):
+    """A prepared split without validation identities."""
+    d = os.path.join(root, "noval")
+    prepare_synthetic(d)
+    return os.path.join(d, "data")

@@ -40,9 +40,13 @@ def main(argv=None):
     ap.add_argument("--model", help="a .caffemodel (default: the run's newest snapshot)")
     ap.add_argument("--scorer", default="fast", help=f"pair scorer: {', '.join(PAIR_SCORERS)}")
     ap.add_argument("--gpu", action="store_true", help="score on the GPU (needs `make setup CUDA=1`)")
+    ap.add_argument("--on", default="test", choices=("test", "val"),
+                    help="rank the split's test identities (default) or its validation identities")
+    ap.add_argument("--select-on-val", action="store_true",
+                    help="evaluate every snapshot on the validation identities, then the best one on test")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    ev = E.Evaluation(a.protocol, a.trials, a.seed, a.model, a.scorer, a.gpu)
+    ev = E.Evaluation(a.protocol, a.trials, a.seed, a.model, a.scorer, a.gpu, a.on)
     split = Split.parse(a.split)
     if a.splits or not split.concrete:
         a.split = "paper"
@@ -50,6 +54,8 @@ def main(argv=None):
         splits = [s.strip() for s in a.splits.split(",") if s.strip()] if a.splits else \
             E.random_splits_present(run)
         E.evaluate_splits(run, splits, ev, combine_only=a.combine_only, progress=not a.no_progress)
+    elif a.select_on_val:
+        E.select_snapshot(run_from_args(a), ev, progress=not a.no_progress)
     else:
         E.evaluate(run_from_args(a), ev, progress=not a.no_progress)
     return 0
