@@ -11,6 +11,10 @@ param_str (JSON):
   triplets   path of the .npy (T, 3) int array of image indices, or a list
              (one per source, same length): the sources' triplets are mixed
              into one list (MTDnet-aug: target data plus CUHK03)
+  balance    with lists: every later source contributes as many triplets as the
+             first (the target), a random subset drawn with `seed`: the release's
+             1:1 MTDnet-aug mix, CUHK03's list cut to the target's length
+             (default false; a later source with fewer triplets is an error)
   batch_size triplets per batch (N)
   input_size optional: the image side the net was generated for; the LMDB's
              images must have it (catches data prepared for another profile)
@@ -44,6 +48,7 @@ SCHEMA = {
     "shift": (int, 0, non_negative),
     "seed": (int, 1701, None),
     "shuffle": (bool, True, None),
+    "balance": (bool, False, None),
 }
 
 
@@ -96,8 +101,9 @@ class MultiImageDB:
         return out
 
 
-def open_sources(sources, triplet_files):
-    """(db, triplets) for one source or a list of them (triplets offset into one index space)."""
+def open_sources(sources, triplet_files, balance=False, seed=1701):
+    """(db, triplets) for one source or a list of them (triplets offset into one index space;
+    balance: each later source's list cut to the first's length, a subset drawn with `seed`)."""
     if isinstance(sources, str) != isinstance(triplet_files, str):
         raise ValueError("'source' and 'triplets' must both be paths or both be lists")
     if isinstance(sources, str):
@@ -108,6 +114,14 @@ def open_sources(sources, triplet_files):
     dbs = [ImageDB(resolve(s)) for s in sources]
     multi = MultiImageDB(dbs)
     trips = [load_triplets(t, len(db)) + off for t, db, off in zip(triplet_files, dbs, multi.offsets)]
+    if balance:
+        m = len(trips[0])
+        for f, t in zip(triplet_files[1:], trips[1:]):
+            if len(t) < m:
+                raise ValueError(f"{f}: {len(t)} triplets, fewer than the {m} of {triplet_files[0]}: a 1:1 "
+                                 f"mix needs at least as many (prepare it with more source_triplets_per_pair)")
+        trips = [trips[0]] + [t[np.random.default_rng([seed, k]).permutation(len(t))[:m]]
+                              for k, t in enumerate(trips[1:], 1)]
     return multi, np.concatenate(trips)
 
 
@@ -176,7 +190,9 @@ class TripletDataLayer(caffe.Layer):
         p = parse_params(self.__class__.__name__, self.param_str, SCHEMA)
         if len(bottom) != 0 or len(top) != 3:
             raise ValueError("TripletDataLayer takes no bottoms and gives 3 tops (data_a, data_p, data_n)")
-        db, trip = open_sources(p["source"], p["triplets"])
+        if p["balance"] and isinstance(p["source"], str):
+            raise ValueError("'balance' mixes several sources: give 'source' and 'triplets' as lists")
+        db, trip = open_sources(p["source"], p["triplets"], p["balance"], p["seed"])
         size = p["input_size"]
         if size is not None and tuple(db.shape[1:]) != (size, size):
             raise ValueError(f"{p['source']}: images are {db.shape[1]}x{db.shape[2]}, the net expects "

@@ -36,6 +36,8 @@ from spec.variants import SCORE_KINDS
 
 DEFAULT_TRIALS = 10
 MAX_RANDOM_SPLITS = 100      # random<k> runs looked for when none are named
+GALLERY_RULES = {"first": "each identity's first camera-B image (the authors' fixed gallery)",
+                 "all": "every camera-B image of each identity (the release's CUHK03 feature ranking)"}
 RANKED_PROBES = 5
 RANKED_TOP = 10
 
@@ -98,9 +100,11 @@ def deploy_net(run, workdir):
     return tmp, f"{rel} (generated at evaluation)"
 
 
-def make_trials(prepared, protocol, n_trials=DEFAULT_TRIALS, seed=0, on="test"):
+def make_trials(prepared, protocol, n_trials=DEFAULT_TRIALS, seed=0, on="test", gallery="first"):
     """The trials of `protocol` for a prepared split (split.json + images.json), ranking its
-    `on` identities (test, or val for choosing settings and snapshots)."""
+    `on` identities (test, or val for choosing settings and snapshots). gallery: the paper
+    protocol's gallery per identity, "first" (its fixed camera-B image) or "all" (every
+    camera-B image: the release's CUHK03 feature ranking)."""
     split, images = prepared.split, prepared.images
     if on != "test" and not split.get(on):
         raise MtdnetError(f"{prepared.dir}: the split has no {on} identities to evaluate on "
@@ -111,7 +115,8 @@ def make_trials(prepared, protocol, n_trials=DEFAULT_TRIALS, seed=0, on="test"):
         # The fixed gallery exactly as data_prep recorded it.
         try:
             probes = [(i, pid[i]) for e in test["identities"] for i in e["probe"]]
-            gallery = [(i, pid[i]) for e in test["identities"] for i in e["gallery"]]
+            key = "gallery_all" if gallery == "all" else "gallery"
+            gallery = [(i, pid[i]) for e in test["identities"] for i in e[key]]
             distractors = [(i, pid[i]) for i in test.get("distractors", [])]
         except KeyError as e:
             raise MtdnetError(f"{prepared.dir}/split.json: eval lists image {e}, which images.json "
@@ -154,7 +159,8 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print):
     prof, project = run.profile, run.project
     prepared = load_prepared(run.data)
     seed = prof.seed if ev.seed is None else int(ev.seed)
-    the_trials = make_trials(prepared, ev.protocol, ev.trials, seed, ev.on)
+    rule = run.dataset.spec.feature_gallery if run.variant.score == "feature" else "first"
+    the_trials = make_trials(prepared, ev.protocol, ev.trials, seed, ev.on, rule)
     model, info = find_model(run, ev.model)
     rows, cols = trials.score_layout(the_trials)
     out = run.result_dir
@@ -200,6 +206,8 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print):
         dataset=run.dataset.name, variant=run.variant.key, profile=prof.name,
         overrides=dict(prof.overrides), split=run.split.name, on=ev.on,
         split_rule=prepared.split.get("rule"), substitute=prepared.split.get("substitute"),
+        gallery_rule=(GALLERY_RULES[rule] if ev.protocol == "paper" else "one random camera-B image "
+                      "per identity and trial"),
         model=project.rel(model), iterations=iters, seed=info.get("seed", prof.seed),
         init=info.get("init", "unknown (no run.json)"), run=run.result_name,
         data=project.rel(prepared.dir), deploy=deploy, score_kind=kind, scoring=SCORE_KINDS[kind],

@@ -60,8 +60,10 @@ def train_net_text(run, batch=None):
         return rel(d.lmdb), rel(d.triplets)
     target, source = files(run.data), None
     if tv.source == "mixed":
-        s = files(run.source_data)
-        target = ([target[0], s[0]], [target[1], s[1]])
+        # The release's MTDnet-aug (BuildAugData_VIPeR.py:31, 100, 208): the target's triplets at
+        # 50 per pair and the source's, cut to the same count, shuffled together.
+        t, s = run.data, run.source_data
+        target = ([rel(t.lmdb), rel(s.lmdb)], [rel(t.mix_triplets), rel(s.mix_triplets)])
     elif tv.source == "separate":
         source = files(run.source_data)
     n = nets.train_net(tv, prof, batch, target, source)

@@ -12,7 +12,10 @@ Naming (what makes weights move between nets by layer name):
     have other shapes, and Caffe aborts when `-weights` finds a layer of the
     same name with another shape; it also keeps conv3..fc7 on their fillers,
     as the authors initialised them.
-  - MTDnet-rnk's AlexNet layers above the trunk: conv3_rnk .. fc8_rnk.
+  - MTDnet-rnk: CaffeNet's names up to fc7 (conv3 .. fc7, so an ImageNet model
+    fills them by name, as the release initialised it), then fc8_rnk: the
+    release's 512-wide "fc8" cannot take CaffeNet's 1000-wide fc8, and Caffe
+    aborts on that shape mismatch.
   - MTDnet-cross: the target copy has exactly MTDnet's names; the frozen
     source copy appends `_src` (conv1_src, conv1_p_src, ..., fc7_pair_src).
 Deploy nets reuse these names, so `net.copy_from(train snapshot)` fills them.
@@ -38,11 +41,25 @@ SRC = "_src"                          # the frozen source copy of MTDnet-cross
 LRN = dict(local_size=5, alpha=1e-4, beta=0.75)
 POOL = dict(pool=P.Pooling.MAX, kernel_size=3, stride=2)
 DROPOUT = 0.5
-# Gaussian weight fillers of the authors' net (CaffeNet's, feat: the release's).
+# Gaussian weight fillers of the authors' net (Nets/MTDnet/train_val.prototxt: conv 0.01, fc6 / fc7
+# 0.005, fc8 0.01, feat 0.005); MTDnet-rnk's 512-d fc8: 0.005 (Nets/MTDnet-rnk/train_val.prototxt:441).
 STD = dict(conv1=0.01, conv2=0.01, conv3=0.01, conv4=0.01, conv5=0.01, fc6=0.005, fc7=0.005, fc8=0.01,
            feat=0.005)
-# CaffeNet's bias fillers (1 where a ReLU follows in its reference net, else 0); feat: the release's.
-BIAS = dict(conv1=0, conv2=1, conv3=0, conv4=1, conv5=1, fc6=1, fc7=1, fc8=0, feat=0.1)
+STD_RNK = dict(STD, fc8=0.005)
+# Bias fillers (Profile.biases), per head: "pair" = MTDnet's trunk, ranking feature and pair head,
+# "rnk" = MTDnet-rnk's AlexNet.
+BIASES = {
+    # The release: MTDnet's constants are 0 (no value given) except feat's 0.1 (Nets/MTDnet/
+    # train_val.prototxt:112, 224, 782, 821); MTDnet-rnk's are AlexNet's, 0.1 on conv2, conv4, conv5
+    # and fc6-fc8 (Nets/MTDnet-rnk/train_val.prototxt:188, 281, 317, 361, 403, 445).
+    "release": {"pair": dict(conv1=0, conv2=0, conv3=0, conv4=0, conv5=0, fc6=0, fc7=0, fc8=0, feat=0.1),
+                "rnk": dict(conv1=0, conv2=0.1, conv3=0, conv4=0.1, conv5=0.1, fc6=0.1, fc7=0.1, fc8=0.1)},
+    # CaffeNet's (1 where a ReLU follows in its reference net, else 0); feat: the release's.
+    "caffenet": {t: dict(conv1=0, conv2=1, conv3=0, conv4=1, conv5=1, fc6=1, fc7=1, fc8=0, feat=0.1)
+                 for t in ("pair", "rnk")},
+    "zero": {t: dict(conv1=0, conv2=0, conv3=0, conv4=0, conv5=0, fc6=0, fc7=0, fc8=0, feat=0)
+             for t in ("pair", "rnk")},
+}
 
 
 def _check(profile):
@@ -90,11 +107,11 @@ def weight_std(profile, key, tag="pair"):
     swamp them; the std is scaled by sqrt(paper fan-in / fan-in) so every layer starts with
     the paper net's output variance."""
     ratio = fan_in(get_profile("paper"), key, tag) / fan_in(profile, key, tag)
-    return float(f"{STD[key] * ratio ** 0.5:.4g}")
+    return float(f"{(STD_RNK if tag == 'rnk' else STD)[key] * ratio ** 0.5:.4g}")
 
 
 def weight_filler(profile, key, tag="pair"):
-    if key == "fc8" and profile.fc8_std:
+    if key == "fc8" and tag == "pair" and profile.fc8_std:
         return dict(type="gaussian", std=profile.fc8_std)
     if profile.weight_filler == "msra":
         return dict(type="msra")
@@ -104,10 +121,13 @@ def weight_filler(profile, key, tag="pair"):
     return dict(type="gaussian", std=weight_std(profile, key, tag))
 
 
-def bias_filler(profile, key):
-    """CaffeNet's constants (1 before most ReLUs), or 0 everywhere (profile.zero_bias: the
-    zero-mean assumption of He fillers; with bias 1 the ReLUs all start open)."""
-    return dict(type="constant", value=0 if profile.zero_bias else BIAS[key])
+def bias_filler(profile, key, tag="pair"):
+    """The constant of Profile.biases for layer `key` of head `tag` (BIASES)."""
+    try:
+        return dict(type="constant", value=BIASES[profile.biases][tag][key])
+    except KeyError:
+        raise MtdnetError(f"profile '{profile.name}': unknown biases '{profile.biases}'; "
+                          f"valid: {', '.join(BIASES)}") from None
 
 
 def _params(name, frozen):
@@ -120,7 +140,7 @@ def _params(name, frozen):
 def _conv(bottom, base, profile, key, kernel, frozen, stride=1, pad=0, group=1, tag="pair"):
     kw = dict(num_output=getattr(profile, key), kernel_size=kernel,
               weight_filler=weight_filler(profile, key, tag),
-              bias_filler=bias_filler(profile, key))
+              bias_filler=bias_filler(profile, key, tag))
     if stride != 1:
         kw["stride"] = stride
     if pad:
@@ -130,10 +150,10 @@ def _conv(bottom, base, profile, key, kernel, frozen, stride=1, pad=0, group=1, 
     return L.Convolution(bottom, param=_params(base, frozen), **kw)
 
 
-def _fc(bottom, base, profile, key, frozen, width=None):
+def _fc(bottom, base, profile, key, frozen, width=None, tag="pair"):
     return L.InnerProduct(bottom, param=_params(base, frozen), num_output=width or getattr(profile, key),
-                          weight_filler=weight_filler(profile, key),
-                          bias_filler=bias_filler(profile, key))
+                          weight_filler=weight_filler(profile, key, tag),
+                          bias_filler=bias_filler(profile, key, tag))
 
 
 def _python(bottoms, module, layer, params, **kw):
@@ -141,52 +161,66 @@ def _python(bottoms, module, layer, params, **kw):
                                                 param_str=json.dumps(params, sort_keys=True)), **kw)
 
 
-def trunk(n, bottom, s, d, profile, frozen):
-    """conv1 .. norm2 of one stream; s = stream suffix, d = copy suffix. Returns norm2."""
+def trunk(n, bottom, s, d, profile, frozen, tag="pair"):
+    """conv1 .. norm2 / pool2 of one stream; s = stream suffix, d = copy suffix. Returns its top.
+
+    MTDnet's trunk has CaffeNet's order (pool, then LRN: Nets/MTDnet/train_val.prototxt:123-141);
+    MTDnet-rnk's (tag "rnk") AlexNet's (LRN, then pool: Nets/MTDnet-rnk/train_val.prototxt:141-159).
+    """
     def put(name, f):
         setattr(n, name + s + d, f)
         return f
+
+    def pool_and_norm(x, k):
+        if tag == "rnk":
+            return put(f"pool{k}", L.Pooling(put(f"norm{k}", L.LRN(x, **LRN)), **POOL))
+        return put(f"norm{k}", L.LRN(put(f"pool{k}", L.Pooling(x, **POOL)), **LRN))
     if profile.input_scale != 1:
         bottom = put("input_scale", L.Power(bottom, scale=profile.input_scale))
-    x = put("conv1", _conv(bottom, "conv1" + d, profile, "conv1", 11, frozen, stride=4))
+    x = put("conv1", _conv(bottom, "conv1" + d, profile, "conv1", 11, frozen, stride=4, tag=tag))
     put("relu1", L.ReLU(x, in_place=True))
-    x = put("pool1", L.Pooling(x, **POOL))
-    x = put("norm1", L.LRN(x, **LRN))
-    x = put("conv2", _conv(x, "conv2" + d, profile, "conv2", 5, frozen, pad=2, group=2))
+    x = put("conv2", _conv(pool_and_norm(x, 1), "conv2" + d, profile, "conv2", 5, frozen, pad=2, group=2,
+                           tag=tag))
     put("relu2", L.ReLU(x, in_place=True))
-    x = put("pool2", L.Pooling(x, **POOL))
-    return put("norm2", L.LRN(x, **LRN))
+    return pool_and_norm(x, 2)
 
 
 def upper(n, bottom, tag, s, d, profile, frozen, out=2, stop_at_fc7=False):
-    """conv3 .. fc8 of CaffeNet with layer names <name>_<tag><s><d>.
+    """conv3 .. fc8 of CaffeNet: layer names <name>_pair<s><d> (the pair head), or for
+    MTDnet-rnk CaffeNet's own names and fc8_rnk.
 
     relu7 is not in place, so fc7 keeps its value before ReLU and dropout (the
     cross-domain loss reads it). Returns (fc7, fc8 or None).
     """
+    def layer(base):
+        return base if tag == "rnk" and base != "fc8" else f"{base}_{tag}"
+
     def name(base):
-        return f"{base}_{tag}{s}{d}"
+        return f"{layer(base)}{s}{d}"
 
     def put(base, f):
         setattr(n, name(base), f)
         return f
 
-    x = put("conv3", _conv(bottom, f"conv3_{tag}{d}", profile, "conv3", 3, frozen, pad=1, tag=tag))
+    def param(base):
+        return f"{layer(base)}{d}"      # the streams share the anchor's parameters
+
+    x = put("conv3", _conv(bottom, param("conv3"), profile, "conv3", 3, frozen, pad=1, tag=tag))
     put("relu3", L.ReLU(x, in_place=True))
-    x = put("conv4", _conv(x, f"conv4_{tag}{d}", profile, "conv4", 3, frozen, pad=1, group=2))
+    x = put("conv4", _conv(x, param("conv4"), profile, "conv4", 3, frozen, pad=1, group=2, tag=tag))
     put("relu4", L.ReLU(x, in_place=True))
-    x = put("conv5", _conv(x, f"conv5_{tag}{d}", profile, "conv5", 3, frozen, pad=1, group=2))
+    x = put("conv5", _conv(x, param("conv5"), profile, "conv5", 3, frozen, pad=1, group=2, tag=tag))
     put("relu5", L.ReLU(x, in_place=True))
     x = put("pool5", L.Pooling(x, **POOL))
-    x = put("fc6", _fc(x, f"fc6_{tag}{d}", profile, "fc6", frozen))
+    x = put("fc6", _fc(x, param("fc6"), profile, "fc6", frozen, tag=tag))
     put("relu6", L.ReLU(x, in_place=True))
     put("drop6", L.Dropout(x, dropout_ratio=DROPOUT, in_place=True))
-    fc7 = put("fc7", _fc(x, f"fc7_{tag}{d}", profile, "fc7", frozen))
+    fc7 = put("fc7", _fc(x, param("fc7"), profile, "fc7", frozen, tag=tag))
     if stop_at_fc7:
         return fc7, None
     x = put("relu7", L.ReLU(fc7))
     put("drop7", L.Dropout(x, dropout_ratio=DROPOUT, in_place=True))
-    return fc7, put("fc8", _fc(x, f"fc8_{tag}{d}", profile, "fc8", frozen, width=out))
+    return fc7, put("fc8", _fc(x, param("fc8"), profile, "fc8", frozen, width=out, tag=tag))
 
 
 def l2_normalize(n, bottom, out):
@@ -198,9 +232,12 @@ def l2_normalize(n, bottom, out):
 
 
 def data_layer(n, sources, triplets, batch, profile, seed, d=""):
-    """The TripletDataLayer; `sources`/`triplets` are paths or lists of paths."""
+    """The TripletDataLayer; `sources`/`triplets` are paths or lists of paths (lists: a mix in
+    which every source contributes the same number of triplets)."""
     params = dict(source=sources, triplets=triplets, batch_size=batch, input_size=profile.input_size,
                   mirror=True, shuffle=True, seed=seed)
+    if isinstance(sources, list):
+        params["balance"] = True
     if profile.shift:
         params["shift"] = profile.shift
     tops = L.Python(ntop=3, python_param=dict(
@@ -262,8 +299,8 @@ def rnk_net(profile, batch, seed, target, source=None):
     n = caffe.NetSpec()
     feats = []
     for x, s in zip(data_layer(n, target[0], target[1], batch, profile, seed), STREAMS):
-        norm2 = trunk(n, x, s, "", profile, False)
-        feats.append(upper(n, norm2, "rnk", s, "", profile, False, out=profile.feat)[1])
+        pool2 = trunk(n, x, s, "", profile, False, tag="rnk")
+        feats.append(upper(n, pool2, "rnk", s, "", profile, False, out=profile.feat)[1])
     _triplet_loss(n, feats, profile, 1)
     return n
 
@@ -337,7 +374,8 @@ def rnk_feature_net(profile):
     _check(profile)
     n = caffe.NetSpec()
     (x,) = _inputs(n, ("data",), profile)
-    _, fc8 = upper(n, trunk(n, x, "", "", profile, False), "rnk", "", "", profile, False, out=profile.feat)
+    _, fc8 = upper(n, trunk(n, x, "", "", profile, False, tag="rnk"), "rnk", "", "", profile, False,
+                   out=profile.feat)
     l2_normalize(n, fc8, "feature")
     return n
 

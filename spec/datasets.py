@@ -29,6 +29,13 @@ class DatasetSpec:
     lr_scale: float = 1.0    # base_lr multiplier (the authors used 1e-4 on PRID2011)
     long_schedule: bool = False   # trains profile.max_iter_cuhk03 iterations (CUHK03)
     source: bool = False     # the cross-domain source (aug / cross read it; it has no aug / cross)
+    # Triplet negatives: "random" = per_pair random other identities per positive pair and
+    # direction; "every_other" = each other training identity once (the release's PRID2011).
+    negatives: str = "random"
+    # Paper-protocol gallery of the feature-ranked variants (trp, rnk): "first" = each test
+    # identity's first camera-B image, as the pair score; "all" = all its camera-B images
+    # (the release's CUHK03 feature scripts).
+    feature_gallery: str = "first"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +139,9 @@ for _spec in (
     DatasetSpec("cuhk01", "CUHK01", "data_prep.datasets.cuhk01", "CUHK01", table1=2),
     DatasetSpec("cuhk03", "CUHK03", "data_prep.datasets.cuhk03", "CUHK03",
                 options=(("images", ("labeled", "detected")),), table1=1, long_schedule=True,
-                source=True),
+                source=True, feature_gallery="all"),
     DatasetSpec("ilids", "iLIDS", "data_prep.datasets.ilids", "i-LIDS", table1=4),
     DatasetSpec("prid2011", "PRID2011", "data_prep.datasets.prid2011", "PRID2011", table1=5,
-                lr_scale=0.1),
+                lr_scale=0.1, negatives="every_other"),
 ):
     register(_spec)

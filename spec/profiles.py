@@ -14,7 +14,8 @@ from spec.errors import MtdnetError
 
 # Fields that change what `make data` writes (image size, triplets, split seed):
 # overriding one gives the data directory its own name.
-DATA_FIELDS = ("input_size", "triplets_per_pair", "seed")
+DATA_FIELDS = ("input_size", "triplets_per_pair", "aug_triplets_per_pair", "source_triplets_per_pair", "seed")
+BIASES = ("release", "caffenet", "zero")
 NOT_OVERRIDABLE = ("name", "overrides")
 
 
@@ -45,6 +46,15 @@ class Profile:
     snapshot: int = 500
     display: int = 20
     triplets_per_pair: int = 10   # per positive pair and direction
+    # MTDnet-aug's data, as the release built it: the target's triplets at this many per
+    # positive pair and direction (BuildAugData_*.py: 50), mixed 1:1 with CUHK03's, drawn at
+    # this many per pair and cut to the target's count (the release drew 1 per pair for
+    # VIPeR, i-LIDS and PRID2011, 7 for CUHK01: 7 leaves enough for every target).
+    aug_triplets_per_pair: int = 50
+    source_triplets_per_pair: int = 7
+    # The release's per-variant solver exceptions (spec/variants.py: MTDnet-rnk trains
+    # PRID2011 at lr 1e-3 and VIPeR for the long schedule); kept where the profile is the paper's.
+    release_solver_exceptions: bool = True
     seed: int = 1701              # solver random_seed, data shuffling, negatives
     # From-scratch training aids (the paper profile keeps the authors' net: raw
     # 0..255 input, Gaussian fillers, which they only ever trained from ImageNet
@@ -56,7 +66,10 @@ class Profile:
     # fc8_std > 0: the 2-way pair classifier (fc8) starts from Gaussian(fc8_std)
     # whatever weight_filler says, so the softmax does not start saturated.
     fc8_std: float = 0.0
-    zero_bias: bool = False    # all biases start at 0 instead of CaffeNet's constants
+    # Bias fillers: "release" = the authors' (MTDnet: 0, the ranking feature 0.1; MTDnet-rnk:
+    # AlexNet's 0.1 on conv2, conv4, conv5, fc6-fc8), "caffenet" = CaffeNet's constants (1
+    # before most ReLUs), "zero" = 0 everywhere (the zero-mean assumption of He fillers).
+    biases: str = "release"
     # Training-time augmentation: each image is mirrored at random (as the
     # authors) and, with shift > 0, translated by up to `shift` pixels.
     shift: int = 0
@@ -108,6 +121,8 @@ def _convert(key, value):
     default = getattr(PROFILES["paper"], key)
     if not isinstance(value, str):
         return value
+    if key == "biases" and value not in BIASES:
+        raise MtdnetError(f"SET: biases={value}; valid: {', '.join(BIASES)}")
     try:
         if isinstance(default, bool):
             if value.lower() not in ("0", "1", "true", "false"):
@@ -149,7 +164,8 @@ _PAPER = Profile(
 _CPU = dataclasses.replace(
     _PAPER, name="cpu", input_size=127,
     conv1=24, conv2=64, conv3=96, conv4=96, conv5=64, fc6=1024, fc7=1024, feat=128,
-    max_iter=5000, max_iter_cuhk03=50000, input_scale=1 / 256, weight_filler="msra")
+    max_iter=5000, max_iter_cuhk03=50000, input_scale=1 / 256, weight_filler="msra", biases="caffenet",
+    release_solver_exceptions=False)
 # scratch: cpu's net, tuned for training from scratch on a small set within 45
 # minutes on 2 cores (docs/viper_scratch.md). Chosen on VIPeR's `val` split only
 # (100 of the paper split's training identities held out, 216 trained on): with
@@ -158,13 +174,14 @@ _CPU = dataclasses.replace(
 # biases let it learn within ~300, and lr 0.003 (x3) speeds both losses (val
 # rank-1 at 500 iterations, pair score / triplet feature: cpu 1 / 17, zero
 # biases 7 / 21, zero biases + lr 0.003 10 / 24).
-_SCRATCH = dataclasses.replace(_CPU, name="scratch", base_lr=0.003, max_iter=1600, zero_bias=True)
+_SCRATCH = dataclasses.replace(_CPU, name="scratch", base_lr=0.003, max_iter=1600, biases="zero")
 # Tests: norm2 3x3, pool5 1x1; 16 triplets, fc6/fc7 128. The synthetic end-to-end
 # run reaches ~24% rank-1 (chance 1%) in 3000 iterations (~35 s).
 _TINY = dataclasses.replace(
     _CPU, name="tiny", input_size=63,
     conv1=8, conv2=16, conv3=24, conv4=24, conv5=16, fc6=128, fc7=128, feat=32,
-    batch_triplets=16, max_iter=300, max_iter_cuhk03=300, snapshot=100, display=10)
+    batch_triplets=16, max_iter=300, max_iter_cuhk03=300, snapshot=100, display=10,
+    aug_triplets_per_pair=10)   # the small test sets' aug mix stays within the source's triplets
 
 PROFILES = {p.name: p for p in (_PAPER, _CPU, _SCRATCH, _TINY)}
 # What a user trains real data with on a CPU (its generated files are committed, as paper's).

@@ -95,6 +95,11 @@ class DataSpec:
     def triplets(self):
         return os.path.join(self.dir, "train_triplets.npy")
 
+    @property
+    def mix_triplets(self):
+        """MTDnet-aug's triplets of this dataset (profile.aug_ / source_triplets_per_pair)."""
+        return os.path.join(self.dir, "mix_triplets.npy")
+
     def exists(self):
         return os.path.exists(os.path.join(self.lmdb, "data.mdb"))
 
@@ -245,8 +250,11 @@ class Run:
     # --- solver numbers that depend on the dataset
     def solver_settings(self):
         """(base_lr, max_iter) of this run's dataset and profile."""
-        lr = self.profile.base_lr * self.dataset.spec.lr_scale
-        it = self.profile.max_iter_cuhk03 if self.dataset.spec.long_schedule else self.profile.max_iter
+        spec = dataclasses.asdict(self.dataset.spec)
+        if self.profile.release_solver_exceptions:
+            spec.update(self.train_variant.solver_exception(self.dataset.key))
+        lr = self.profile.base_lr * spec["lr_scale"]
+        it = self.profile.max_iter_cuhk03 if spec["long_schedule"] else self.profile.max_iter
         return lr, it
 
     # --- generated files a user runs by hand (committed for some profiles)

@@ -40,6 +40,11 @@ class Variant:
     source: str = None       # SOURCE_USES: None, "mixed" (one data layer) or "separate" (a second stream)
     init: str = "finetune"   # INIT_RULES
     min_batch: int = 1       # fewest triplets per batch its net works with
+    # Layers copied by name from an ImageNet CaffeNet / AlexNet model (WEIGHTS=imagenet model).
+    imagenet_layers: tuple = ("conv1", "conv2")
+    # The release's solver exceptions, per dataset key: (("prid2011", (("lr_scale", 1.0),)), ...);
+    # applied where the profile keeps them (Profile.release_solver_exceptions).
+    solver_exceptions: tuple = ()
     # Table 1 (rank-1 / 5 / 10 %) per dataset key: the paper's numbers.
     paper: tuple = ()
 
@@ -53,6 +58,9 @@ class Variant:
 
     def paper_row(self):
         return dict(self.paper)
+
+    def solver_exception(self, dataset_key):
+        return dict(dict(self.solver_exceptions).get(dataset_key, ()))
 
 
 REGISTRY = {}
@@ -107,8 +115,12 @@ for _v in (
             paper=(("cuhk03", (68.35, 93.46, 97.47)), ("cuhk01", (76.50, 94.00, 97.00)),
                    ("viper", (44.30, 69.94, 81.96)), ("ilids", (54.34, 73.41, 86.13)),
                    ("prid2011", (28.00, 50.00, 60.00)))),
-    # A three-stream AlexNet with the triplet loss only.
+    # A three-stream AlexNet with the triplet loss only, initialised from the whole ImageNet model
+    # below fc8 (Nets/MTDnet-rnk/train_finetune_cuhk03.sh:4); its PRID2011 solver keeps lr 1e-3
+    # (solver_PRID.prototxt:4), its VIPeR solver 200000 iterations (solver_VIPeR.prototxt:8).
     Variant("rnk", "MTDnet-rnk", "Rnk", 1, "feature", "rnk_feature", net="prototxt.nets:rnk_net",
+            imagenet_layers=("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"),
+            solver_exceptions=(("prid2011", (("lr_scale", 1.0),)), ("viper", (("long_schedule", True),))),
             paper=(("cuhk03", (60.13, 90.51, 95.15)), ("cuhk01", (63.50, 80.00, 89.50)),
                    ("viper", (28.16, 52.22, 65.19)), ("ilids", (41.04, 69.94, 78.61)),
                    ("prid2011", (22.00, 41.00, 48.00)))),

@@ -112,6 +112,7 @@ def make_reid_data(d, size, n_ids=8, per_camera=2, seed=0):
     trips = np.array(trips, np.int32)
     rng.shuffle(trips)
     np.save(os.path.join(d, "train_triplets.npy"), trips)
+    np.save(os.path.join(d, "mix_triplets.npy"), trips[: len(trips) // (2 + seed % 3)])   # aug's mix
     return len(imgs), len(trips)
 
 

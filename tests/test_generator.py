@@ -304,7 +304,7 @@ def test_paper_profile_has_the_papers_shapes(paper_root, monkeypatch):
 
     rnk = caffe.Net("prototxt/paper/viper_rnk_train.prototxt", caffe.TRAIN)
     w = {k: v[0].data.shape for k, v in rnk.params.items()}
-    assert w["conv3_rnk"] == (384, 256, 3, 3) and w["fc6_rnk"] == (4096, 9216) and w["fc8_rnk"] == (512, 4096)
+    assert w["conv3"] == (384, 256, 3, 3) and w["fc6"] == (4096, 9216) and w["fc8_rnk"] == (512, 4096)
 
     score = caffe.Net("prototxt/paper/pair_score.prototxt", caffe.TEST)
     assert score.blobs["pairs"].data.shape == (1, 512, 13, 13) and score.blobs["prob"].data.shape == (1, 2)
@@ -334,7 +334,8 @@ def test_cpu_profile_geometry(paper_root, monkeypatch):
         assert caffe.Net(f"prototxt/cpu/{f}.prototxt", caffe.TEST).blobs["feature"].data.shape == (1, prof.feat)
     for v in TRAINED:
         net = caffe.Net(f"prototxt/cpu/viper_{v}_train.prototxt", caffe.TRAIN)
-        assert net.blobs["norm2"].data.shape == (2, prof.conv2, 7, 7)
+        # The trunk's output: norm2 (CaffeNet order), MTDnet-rnk's pool2 (AlexNet order: LRN first).
+        assert net.blobs["pool2" if v == "rnk" else "norm2"].data.shape == (2, prof.conv2, 7, 7)
         if v != "rnk":
             assert net.blobs["pairs"].data.shape == (4, 2 * prof.conv2, 7, 7)
             assert net.params["conv3_pair"][0].data.shape == (prof.conv3, 2 * prof.conv2, 3, 3)
@@ -405,10 +406,16 @@ def test_aug_reads_target_and_cuhk03(tiny_root, monkeypatch):
     path = "prototxt/tiny/viper_aug_train.prototxt"
     p = json.loads(layer(read_net(path), "data_a").python_param.param_str)
     assert p["source"] == ["data/viper-tiny-paper/images.lmdb", "data/cuhk03-tiny-paper/images.lmdb"]
+    assert p["triplets"] == ["data/viper-tiny-paper/mix_triplets.npy", "data/cuhk03-tiny-paper/mix_triplets.npy"]
+    assert p["balance"] is True
     net = caffe.Net(path, caffe.TRAIN)
-    n_viper = len(np.load("data/viper-tiny-paper/train_triplets.npy"))
-    n_cuhk = len(np.load("data/cuhk03-tiny-paper/train_triplets.npy"))
-    assert len(net.layers[0].batcher.triplets) == n_viper + n_cuhk
+    n_viper = len(np.load("data/viper-tiny-paper/mix_triplets.npy"))
+    n_cuhk = len(np.load("data/cuhk03-tiny-paper/mix_triplets.npy"))
+    assert n_viper < n_cuhk
+    # The release's 1:1 mix: CUHK03's list is cut to the target's length.
+    trip = net.layers[0].batcher.triplets
+    n_target = net.layers[0].batcher.db.offsets[1]
+    assert len(trip) == 2 * n_viper and (trip[:, 0] < n_target).sum() == n_viper
 
 
 def test_cross_domain_net(tiny_root, monkeypatch):

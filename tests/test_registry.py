@@ -54,20 +54,21 @@ def test_profiles_derive_from_each_other():
     """Each profile names only what differs from the one it derives from."""
     def diff(a, b):
         return {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
-    assert diff(PROFILES["scratch"], PROFILES["cpu"]) == {"name", "base_lr", "max_iter", "zero_bias"}
+    assert diff(PROFILES["scratch"], PROFILES["cpu"]) == {"name", "base_lr", "max_iter", "biases"}
     assert {"input_scale", "weight_filler", "input_size"} <= diff(PROFILES["cpu"], PROFILES["paper"])
     assert diff(PROFILES["tiny"], PROFILES["cpu"]) >= {"batch_triplets", "input_size"}
 
 
 def test_overrides_are_typed_recorded_and_tag_the_run():
-    p = get_profile("scratch", ["base_lr=0.005", "shift=8", "zero_bias=false", "lr_steps=0.5:0.75"])
-    assert (p.base_lr, p.shift, p.zero_bias, p.lr_steps) == (0.005, 8, False, (0.5, 0.75))
+    p = get_profile("scratch", ["base_lr=0.005", "shift=8", "release_solver_exceptions=true",
+                                "lr_steps=0.5:0.75"])
+    assert (p.base_lr, p.shift, p.release_solver_exceptions, p.lr_steps) == (0.005, 8, True, (0.5, 0.75))
     assert p.name == "scratch" and p.to_dict()["overrides"] == {
-        "base_lr": 0.005, "lr_steps": (0.5, 0.75), "shift": 8, "zero_bias": False}
-    assert p.tag == "+base_lr=0.005,lr_steps=0.5:0.75,shift=8,zero_bias=False"
+        "base_lr": 0.005, "lr_steps": (0.5, 0.75), "shift": 8, "release_solver_exceptions": True}
+    assert p.tag == "+base_lr=0.005,lr_steps=0.5:0.75,release_solver_exceptions=True,shift=8"
     assert p.data_tag == ""                                    # none of them changes the prepared data
     run = Run.create("viper", "trp", p)
-    assert run.name == "viper-mtdnet-scratch+base_lr=0.005,lr_steps=0.5:0.75,shift=8,zero_bias=False"
+    assert run.name == "viper-mtdnet-scratch+base_lr=0.005,lr_steps=0.5:0.75,release_solver_exceptions=True,shift=8"
     assert run.result_name.startswith("viper-trp-scratch+") and run.data.name == "viper-scratch-paper"
     q = get_profile("tiny", ["input_size=79", "seed=3"])
     assert Run.create("viper", "mtdnet", q, "random1").data.name == "viper-tiny+input_size=79,seed=3-random1"
@@ -77,7 +78,8 @@ def test_overrides_are_typed_recorded_and_tag_the_run():
 @pytest.mark.parametrize("bad,msg", [
     ("base_lr", "is not field=value"), ("learning_rate=1", "unknown profile field 'learning_rate'"),
     ("name=x", "unknown profile field 'name'"), ("max_iter=1.5", "max_iter=1.5: expected int"),
-    ("zero_bias=maybe", "expected bool"),
+    ("zero_bias=1", "unknown profile field 'zero_bias'"), ("biases=one", "biases=one; valid: release"),
+    ("release_solver_exceptions=maybe", "expected bool"),
 ])
 def test_bad_overrides(bad, msg):
     with pytest.raises(MtdnetError, match=msg):

@@ -205,7 +205,7 @@ def test_model_of_another_profile_does_not_fit(world):
 def test_model_of_another_variant_does_not_fit(world):
     with pytest.raises(MtdnetError, match=r"no weights for layer\(s\) conv3_pair.*wrong variant"):
         scoring.load_net(deploy_file(world["root"], "pair_score"), world["rnk"])
-    with pytest.raises(MtdnetError, match=r"no weights for layer\(s\) conv3_rnk"):
+    with pytest.raises(MtdnetError, match=r"no weights for layer\(s\) conv3, conv4, conv5, fc6, fc7, fc8_rnk"):
         scoring.load_net(deploy_file(world["root"], "rnk_feature"), world["mtdnet"])
 
 
