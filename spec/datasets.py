@@ -136,7 +136,9 @@ def source_dataset():
 for _spec in (
     DatasetSpec("synthetic", "synthetic", "data_prep.datasets.synthetic"),
     DatasetSpec("viper", "VIPeR", "data_prep.datasets.viper", "VIPeR", table1=3),
-    DatasetSpec("cuhk01", "CUHK01", "data_prep.datasets.cuhk01", "CUHK01", table1=2),
+    # protocol: "100" test identities (Table 1's) or "half" (486, the release's CUHK01half).
+    DatasetSpec("cuhk01", "CUHK01", "data_prep.datasets.cuhk01", "CUHK01", options=(("protocol", ("100", "half")),),
+                table1=2),
     DatasetSpec("cuhk03", "CUHK03", "data_prep.datasets.cuhk03", "CUHK03",
                 options=(("images", ("labeled", "detected")),), table1=1, long_schedule=True,
                 source=True, feature_gallery="all"),

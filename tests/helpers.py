@@ -83,12 +83,13 @@ def wait_for(predicate, timeout, interval=0.2):
     return predicate()
 
 
-def make_reid_data(d, size, n_ids=8, per_camera=2, seed=0):
+def make_reid_data(d, size, n_ids=8, per_camera=2, seed=0, mix=0.5):
     """A small prepared-data directory: images.lmdb and train_triplets.npy.
 
     Each identity wears two random colours (upper / lower half); camera 1 is
     brighter than camera 0; pixel noise on top. Triplets: anchor, the same
-    identity in the other camera, another identity in the positive's camera.
+    identity in the other camera, another identity in the positive's camera;
+    MTDnet-aug's mix_triplets.npy: the first `mix` fraction of them.
     """
     rng = np.random.RandomState(seed)
     colours = rng.randint(30, 226, size=(n_ids, 2, 3))
@@ -112,7 +113,7 @@ def make_reid_data(d, size, n_ids=8, per_camera=2, seed=0):
     trips = np.array(trips, np.int32)
     rng.shuffle(trips)
     np.save(os.path.join(d, "train_triplets.npy"), trips)
-    np.save(os.path.join(d, "mix_triplets.npy"), trips[: len(trips) // (2 + seed % 3)])   # aug's mix
+    np.save(os.path.join(d, "mix_triplets.npy"), trips[: max(1, int(len(trips) * mix))])   # aug's mix
     return len(imgs), len(trips)
 
 

@@ -111,6 +111,23 @@ def test_cuhk03_real_detected_folder():
     assert load_image(ds.records[0]).shape == (128, 64, 3)
 
 
+@needs_real("cuhk01")
+def test_cuhk01_real_3884_images_both_protocols():
+    for name, (train, test) in (("cuhk01", (871, 100)), ("cuhk01half", (485, 486))):
+        ds = read_dataset(name)
+        assert len(ds.records) == 3884 and len(ds.person_ids()) == 971
+        assert (ds.facts.n_train, ds.facts.n_test, len(ds.facts.paper_test_ids)) == (train, test, test)
+        assert set(ds.facts.paper_test_ids) <= set(ds.person_ids())
+    assert load_image(ds.records[0]).shape == (160, 60, 3)
+
+
+def test_cuhk01_protocols(tmp_path):
+    F.write_cuhk01(tmp_path, [1, 2])
+    assert read_dataset("cuhk01", str(tmp_path)).facts.paper_source == "cuhk01_test.json"
+    half = read_dataset("cuhk01half", str(tmp_path)).facts
+    assert (half.paper_source, half.n_test, half.options) == ("cuhk01half_test.json", 486, {"protocol": "half"})
+
+
 def test_cuhk01_fixture(tmp_path):
     F.write_cuhk01(tmp_path, [1, 2, 971])
     ds = read_dataset("cuhk01", str(tmp_path))

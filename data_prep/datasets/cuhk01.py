@@ -1,7 +1,9 @@
 """CUHK01: campus/PPPPIII.png, 971 persons x 4 images.
 
 PPPP is the person id (1-based); III 001-002 are camera A (probes), 003-004
-camera B (gallery).
+camera B (gallery). Two protocols, the option `protocol`: "100" (871 train /
+100 test identities, Table 1's) and "half" (485 / 486, the release's
+CUHK01half), each with the test identities the authors recorded.
 """
 import os
 import re
@@ -13,13 +15,18 @@ from data_prep.records import (Dataset, Facts, Record, check_both_cameras,
 NAME = "CUHK01"
 PATTERN = re.compile(r"^(\d{4})(\d{3})\.png$", re.IGNORECASE)
 LAYOUT = "campus/ holding PPPPIII.png images (PPPP = person, III = 001..004)"
+# protocol -> (recorded test identities, train, test)
+PROTOCOLS = {"100": ("cuhk01_test.json", 871, 100), "half": ("cuhk01half_test.json", 485, 486)}
 
 
 def image_dir(root):
     return find_image_dir(root, NAME, [("campus",)], PATTERN, LAYOUT)
 
 
-def read(root):
+def read(root, protocol="100"):
+    if protocol not in PROTOCOLS:
+        raise MtdnetError(f"{NAME}: unknown protocol '{protocol}'; valid: {', '.join(PROTOCOLS)}")
+    source, n_train, n_test = PROTOCOLS[protocol]
     d = image_dir(root)
     records, inputs = [], []
     for f in files_with_ext(d, (".png",)):
@@ -33,11 +40,11 @@ def read(root):
         records.append(Record(path, pid, 0 if num <= 2 else 1, os.path.relpath(path, root)))
         inputs.append(path)
     check_both_cameras(records, NAME)
-    paper = paper_split("cuhk01_test.json")
+    paper = paper_split(source)
     facts = Facts(
-        name=NAME, root=root, n_train=871, n_val=0, n_test=100,
-        protocol="CUHK01: 871 train / 100 test identities; probes camera A (001-002), "
+        name=NAME, root=root, n_train=n_train, n_val=0, n_test=n_test,
+        protocol=f"CUHK01: {n_train} train / {n_test} test identities; probes camera A (001-002), "
                  "gallery the first camera-B image (003)",
-        paper_test_ids=[int(p) for p in paper["person_ids"]], paper_source="cuhk01_test.json",
-        cameras=("camera A (001-002)", "camera B (003-004)"), inputs=inputs)
+        paper_test_ids=[int(p) for p in paper["person_ids"]], paper_source=source,
+        cameras=("camera A (001-002)", "camera B (003-004)"), inputs=inputs, options={"protocol": protocol})
     return Dataset(records, facts)
