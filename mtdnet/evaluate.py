@@ -36,6 +36,7 @@ from spec.variants import SCORE_KINDS
 
 DEFAULT_TRIALS = 10
 MAX_RANDOM_SPLITS = 100      # random<k> runs looked for when none are named
+SELECT_CANDIDATES = 6        # snapshots scored on the validation identities by SELECT=1
 GALLERY_RULES = {"first": "each identity's first camera-B image (the authors' fixed gallery)",
                  "all": "every camera-B image of each identity (the release's CUHK03 feature ranking)"}
 RANKED_PROBES = 5
@@ -204,7 +205,7 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print):
             os.path.abspath(project.abs(info["model"])) == model else None
     body.update(
         dataset=run.dataset.name, variant=run.variant.key, profile=prof.name,
-        overrides=dict(prof.overrides), split=run.split.name, on=ev.on,
+        overrides=dict(prof.overrides), split=run.split.name, on=ev.on, tag=run.tag,
         split_rule=prepared.split.get("rule"), substitute=prepared.split.get("substitute"),
         gallery_rule=(GALLERY_RULES[rule] if ev.protocol == "paper" else "one random camera-B image "
                       "per identity and trial"),
@@ -226,13 +227,22 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print):
     return body
 
 
+def candidates(snaps, n=SELECT_CANDIDATES):
+    """At most n snapshots, evenly spaced over the run, the last one always among them."""
+    if len(snaps) <= n:
+        return list(snaps)
+    idx = sorted({round(k * (len(snaps) - 1) / (n - 1)) for k in range(n)})
+    return [snaps[i] for i in idx]
+
+
 def select_snapshot(run, ev=Evaluation(), progress=True, log=print):
-    """Evaluate every snapshot of the run on the split's validation identities, pick the best
-    (rank-1, then mAP, then the later iteration), evaluate it on the test identities.
+    """Evaluate the run's snapshots (SELECT_CANDIDATES of them, evenly spaced) on the split's
+    validation identities, pick the best (rank-1, then mAP, then the later iteration), evaluate
+    it on the test identities.
 
     Writes select-val.json (each snapshot's validation numbers and the choice) and
     select-val.png; returns the test result, which records the choice under "selected"."""
-    snaps = caffe_run.snapshots(run.snapshot_prefix, "caffemodel")
+    snaps = candidates(caffe_run.snapshots(run.snapshot_prefix, "caffemodel"))
     if not snaps:
         raise MtdnetError(f"{run.snapshot_prefix}_iter_*.caffemodel: no snapshots to choose from; "
                           f"train first ({run.commands()[0]})")

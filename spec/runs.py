@@ -3,7 +3,7 @@
   Project   where the repository, data/, runs/ and the venv's caffe are
   DataSpec  one prepared-data directory: data/<dataset>-<profile>[+data overrides]-<split>/
   Run       one training run and its evaluations:
-              runs/<dataset>-<train variant>-<profile>[-<split>][+overrides]/
+              runs/<dataset>-<train variant>-<profile>[-<split>][+overrides][@tag]/
                 train.prototxt, solver.prototxt, train.log, run.json, loss.png,
                 snapshots/<dataset>_<train variant>_iter_<k>.{caffemodel,solverstate}
             results of a variant scored with another's model (trp) go to
@@ -16,6 +16,7 @@ runs there) when they are inside it.
 """
 import dataclasses
 import os
+import re
 import sys
 
 from spec.datasets import Dataset, get_dataset, names as dataset_names, source_dataset
@@ -37,15 +38,17 @@ def _default_venv():
 @dataclasses.dataclass(frozen=True)
 class Project:
     root: str = REPO_ROOT
-    data_dir: str = None     # default <root>/data
-    runs_dir: str = None     # default <root>/runs
+    data_dir: str = None     # default $MTDNET_DATA_DIR, else <root>/data
+    runs_dir: str = None     # default $MTDNET_RUNS_DIR, else <root>/runs
     venv: str = None         # default: the venv in use
 
     def __post_init__(self):
         root = os.path.abspath(self.root)
+        data = self.data_dir or os.environ.get("MTDNET_DATA_DIR") or os.path.join(root, "data")
+        runs = self.runs_dir or os.environ.get("MTDNET_RUNS_DIR") or os.path.join(root, "runs")
         object.__setattr__(self, "root", root)
-        object.__setattr__(self, "data_dir", os.path.abspath(self.data_dir or os.path.join(root, "data")))
-        object.__setattr__(self, "runs_dir", os.path.abspath(self.runs_dir or os.path.join(root, "runs")))
+        object.__setattr__(self, "data_dir", os.path.abspath(data))
+        object.__setattr__(self, "runs_dir", os.path.abspath(runs))
         object.__setattr__(self, "venv", os.path.abspath(self.venv or _default_venv()))
 
     @property
@@ -123,8 +126,14 @@ class Run:
     split: Split = PAPER
     source_split: Split = PAPER     # the source dataset's split (aug / cross)
     project: Project = dataclasses.field(default_factory=Project)
+    # A label that keeps runs of one setting apart, e.g. "cuhk03" for the run fine-tuned from the
+    # CUHK03 model beside the one trained from scratch: runs/<name>@<tag>/.
+    tag: str = ""
+    source_dataset: Dataset = None  # aug / cross: the source's images (default: the registry's source)
 
     def __post_init__(self):
+        if self.tag and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.tag):
+            raise MtdnetError(f"TAG '{self.tag}': use letters, digits, '_', '.' and '-' only")
         self.split.require_concrete("a run")
         self.source_split.require_concrete("the source data of a run")
         if self.variant.source and self.dataset.spec.source:
@@ -134,11 +143,11 @@ class Run:
 
     @classmethod
     def create(cls, dataset, variant, profile, split="paper", source_split="paper", project=None,
-               overrides=(), **dataset_options):
+               overrides=(), tag="", source_dataset=None, **dataset_options):
         """A Run from names (what the command line gives) or values."""
         return cls(get_dataset(dataset, **dataset_options), get_variant(variant),
                    get_profile(profile, overrides), Split.parse(split), Split.parse(source_split),
-                   project or Project())
+                   project or Project(), tag or "", get_dataset(source_dataset) if source_dataset else None)
 
     def with_split(self, split):
         return dataclasses.replace(self, split=Split.parse(split))
@@ -154,7 +163,8 @@ class Run:
 
     def _name(self, variant_key, split_name):
         split = "" if split_name == "paper" else f"-{split_name}"
-        return f"{self.dataset.name}-{variant_key}-{self.profile.name}{split}{self.profile.tag}"
+        tag = f"@{self.tag}" if self.tag else ""
+        return f"{self.dataset.name}-{variant_key}-{self.profile.name}{split}{self.profile.tag}{tag}"
 
     @property
     def name(self):
@@ -185,7 +195,10 @@ class Run:
         """The source dataset's prepared data (aug / cross), else None."""
         if not self.train_variant.source:
             return None
-        return DataSpec(source_dataset(), self.profile, self.source_split, self.project)
+        src = self.source_dataset or source_dataset()
+        if not src.spec.source:
+            raise MtdnetError(f"'{src.name}' is not a source dataset; the source is {source_dataset().key}")
+        return DataSpec(src, self.profile, self.source_split, self.project)
 
     @property
     def all_data(self):
@@ -278,6 +291,8 @@ class Run:
                 words.append(f"SPLIT={self.split.name}")
             if self.profile.overrides:
                 words.append(f"SET='{self.profile.tag[1:]}'")
+            if self.tag:
+                words.append(f"TAG={self.tag}")
             return " ".join(words)
         return command("train", self.train_variant.key), command("eval", self.variant.key)
 

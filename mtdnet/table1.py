@@ -1,0 +1,218 @@
+"""`make table1`: the paper's training stages in order, for the datasets present, then the report.
+
+  1. the source dataset (CUHK03): MTDnet trained (from ImageNet conv1/conv2 with WEIGHTS=, else
+     from scratch), its snapshot chosen on CUHK03's validation identities; CUHK03's own rows
+     (MTDnet, -trp, -cls, -rnk)
+  2. every other Table 1 dataset present: MTDnet, -cls, -rnk fine-tuned from CUHK03's model of
+     the same variant, -aug and -cross from CUHK03's MTDnet (runs tagged @<source>), plus
+     MTDnet from scratch on the dataset alone, the baseline that shows what pre-training brings
+  3. make report
+
+Every step is a `make` command a user could type; a step whose output is complete is
+skipped, so a re-run continues where the last one stopped. DRY_RUN=1 prints the plan with
+each command and its expected time on this machine.
+"""
+import dataclasses
+import os
+import shlex
+import subprocess
+import time
+
+from data_prep.datasets import default_root
+from mtdnet import caffe_run
+from mtdnet.evaluate import SELECT_CANDIDATES
+from spec import MtdnetError, Run, datasets, get_profile, variants
+from spec.fsutil import read_json
+
+# Probes x gallery images of each dataset's paper protocol (for the time estimates only).
+EVAL_PAIRS = {"cuhk03": 500 * 100, "cuhk01": 200 * 100, "viper": 316 * 316, "ilids": 60 * 59,
+              "prid2011": 100 * 649}
+# The fast pair scorer's seconds per probe-gallery pair (8 passes) per iteration-second of the
+# profile: measured on VIPeR at `scratch` (316 x 316 pairs in ~10 min at ~1.1 s per iteration).
+PAIR_SECONDS_PER_ITER_SECOND = 600 / (316 * 316) / 1.1
+FEATURE_EVAL_SECONDS = 30
+
+
+@dataclasses.dataclass
+class Step:
+    what: str
+    args: list                     # make arguments; a callable is resolved when the step runs
+    seconds: float                 # expected on this machine
+    done: object = None            # () -> True when the step's output is complete (skipped)
+
+    def command(self, resolve=True):
+        words = ["make"] + [(a() if callable(a) else a) if resolve else (a.__doc__ if callable(a) else a)
+                            for a in self.args]
+        return words
+
+
+def source_dataset_present():
+    """The source dataset to train on: CUHK03's labeled images (the protocol's) when its raw data
+    holds them, else its detected images; None when neither is here."""
+    src = datasets.source_dataset()
+    root = default_root(src)
+    if not os.path.isdir(root):
+        return None
+    has_mat = any(os.path.isfile(os.path.join(root, *p)) for p in (("cuhk-03.mat",), ("cuhk03_release", "cuhk-03.mat")))
+    if has_mat or os.path.isdir(os.path.join(root, "images_labeled")):
+        return src
+    if os.path.isdir(os.path.join(root, "images_detected")):
+        return datasets.get_dataset(src.key, images="detected")
+    return None
+
+
+def targets_present():
+    """Table 1's other datasets whose raw data is here, and those that are not."""
+    present, absent = [], []
+    for key in datasets.table1_datasets():
+        d = datasets.get_dataset(key)
+        if d.spec.source:
+            continue
+        (present if os.path.isdir(default_root(d)) else absent).append(d)
+    return present, absent
+
+
+def _trained(run):
+    def done():
+        info = read_json(run.info, "run description") if os.path.exists(run.info) else {}
+        return bool(info.get("iterations")) and info.get("iterations") >= info.get("max_iter", 1 << 60)
+    return done
+
+
+def _evaluated(run):
+    def done():
+        if not os.path.exists(run.result("paper")):
+            return False
+        latest = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel")
+        body = read_json(run.result("paper"), "result")
+        return body.get("selected") is not None or (latest and body.get("iterations") ==
+                                                   caffe_run.snapshot_iter(latest))
+    return done
+
+
+def _common(run):
+    words = [f"DATASET={run.dataset.name}", f"PROFILE={run.profile.name}"]
+    if run.profile.overrides:
+        words.append(f"SET={run.profile.tag[1:].replace(',', ' ')}")
+    if run.tag:
+        words.append(f"TAG={run.tag}")
+    return words
+
+
+def chosen_model(run):
+    """WEIGHTS for the fine-tuning stages: the source run's snapshot chosen on validation."""
+    def resolve():
+        if os.path.exists(run.selection):
+            return "WEIGHTS=" + run.project.abs(read_json(run.selection, "snapshot choice")["model"])
+        latest = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel")
+        if not latest:
+            raise MtdnetError(f"{run.snapshot_prefix}_iter_*.caffemodel: the {run.dataset.title} model the "
+                              f"next stages start from is missing; its training step did not finish")
+        return "WEIGHTS=" + latest
+    resolve.__doc__ = f"WEIGHTS=<{run.name}'s model chosen on validation>"
+    return resolve
+
+
+def plan(profile, gpu=False, weights=None, project=None):
+    """(steps, notes): the stages for the datasets present, in order."""
+    prof = get_profile(profile)
+    iter_s = prof.seconds_per_iter
+    gpu_arg = ["GPU=1"] if gpu else []
+    steps, notes = [], []
+    src = source_dataset_present()
+    present, absent = targets_present()
+    for d in absent:
+        notes.append(f"{d.title}: no raw data at {default_root(d)}: its Table 1 column stays empty")
+    if src is None:
+        notes.append(f"{datasets.source_dataset().title}: no raw data at {default_root(datasets.source_dataset())}: "
+                     f"no pre-training; the other datasets train from scratch only")
+
+    def train_eval(run, init_args, select):
+        lr, its = run.solver_settings()
+        steps.append(Step(f"{run.dataset.title}: train {run.train_variant.title}"
+                          + (f" ({run.tag})" if run.tag else ""),
+                          ["train", *_common(run), f"VARIANT={run.train_variant.key}", *init_args, *gpu_arg],
+                          its * iter_s, _trained(run)))
+        for v in [run.variant] + ([variants.get_variant("trp")] if run.variant.key == "mtdnet" else []):
+            r = run.with_variant(v.key)
+            secs = FEATURE_EVAL_SECONDS if v.score == "feature" else \
+                EVAL_PAIRS.get(r.dataset.key, 316 * 316) * PAIR_SECONDS_PER_ITER_SECOND * iter_s
+            # SELECT scores every snapshot on the validation identities, then the chosen one on test.
+            evals = min(its // prof.snapshot, SELECT_CANDIDATES) + 1 if select else 1
+            steps.append(Step(f"{r.dataset.title}: evaluate {v.title}" + (f" ({run.tag})" if run.tag else ""),
+                              ["eval", *_common(r), f"VARIANT={v.key}"] + (["SELECT=1"] if select else []),
+                              secs * evals, _evaluated(r)))
+
+    # Ordered so that the headline numbers come first: the source MTDnet, the targets' MTDnet
+    # fine-tuned from it and from scratch, aug and cross; then the single-task variants.
+    source_runs = {}
+    if src is not None:
+        steps.append(Step(f"{src.title}: prepare the data", ["data", f"DATASET={src.name}", f"PROFILE={prof.name}"],
+                          60, None))
+        source_runs = {v: Run.create(src, v, prof, project=project) for v in ("mtdnet", "cls", "rnk")}
+    init = [f"WEIGHTS={weights}"] if weights else []
+    fine_tuned = {}
+    for d in present:
+        fine_tuned[d.name] = {v: Run.create(d, v, prof, project=project, tag=src.name, source_dataset=src)
+                              for v in ("mtdnet", "cls", "rnk", "aug", "cross")} if src is not None else {}
+
+    def fine_tune(run):
+        # Each variant from the source's model of its own kind; aug and cross from MTDnet's.
+        base = source_runs.get(run.variant.key, source_runs["mtdnet"])
+        source = [f"SOURCE={src.name}"] if run.train_variant.source else []
+        train_eval(run, [chosen_model(base)] + source, select=False)
+
+    if src is not None:
+        train_eval(source_runs["mtdnet"], init, select=True)
+    for d in present:
+        steps.append(Step(f"{d.title}: prepare the data", ["data", f"DATASET={d.name}", f"PROFILE={prof.name}"],
+                          30, None))
+        if src is not None:
+            fine_tune(fine_tuned[d.name]["mtdnet"])
+        train_eval(Run.create(d, "mtdnet", prof, project=project), [], select=False)
+    for d in present if src is not None else []:
+        for v in ("aug", "cross"):
+            fine_tune(fine_tuned[d.name][v])
+    if src is not None:
+        for v in ("cls", "rnk"):
+            train_eval(source_runs[v], init, select=True)
+    for d in present if src is not None else []:
+        for v in ("cls", "rnk"):
+            fine_tune(fine_tuned[d.name][v])
+    steps.append(Step("Table 1: the report", ["report"], 10, None))
+    return steps, notes
+
+
+def describe(steps, notes):
+    lines = [f"note: {n}" for n in notes]
+    total = 0
+    for k, s in enumerate(steps, 1):
+        state = "done" if s.done and s.done() else f"~{_hms(s.seconds)}"
+        if state != "done":
+            total += s.seconds
+        lines.append(f"{k:2d}. {s.what}: {state}\n    {' '.join(shlex.quote(w) for w in s.command(resolve=False))}")
+    lines.append(f"expected time of what is left on this machine: ~{_hms(total)}")
+    return "\n".join(lines)
+
+
+def _hms(seconds):
+    m = int(round(seconds / 60))
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{max(m, 1)} min"
+
+
+def run_plan(steps, notes, log=print, cwd=None):
+    """Run every step not yet done, in order; a failing step stops the plan (exit status)."""
+    for n in notes:
+        log(f"note: {n}")
+    for k, s in enumerate(steps, 1):
+        if s.done and s.done():
+            log(f"[{k}/{len(steps)}] {s.what}: done, skipped")
+            continue
+        words = s.command()
+        log(f"[{k}/{len(steps)}] {s.what} (~{_hms(s.seconds)}): {' '.join(shlex.quote(w) for w in words)}")
+        t0 = time.time()
+        rc = subprocess.call(words, cwd=cwd)
+        if rc != 0:
+            raise MtdnetError(f"step {k} ({s.what}) failed (exit {rc}); fix it and run `make table1` again: "
+                              "finished steps are kept and skipped")
+        log(f"[{k}/{len(steps)}] {s.what}: {_hms(time.time() - t0)}")

@@ -1,0 +1,76 @@
+"""`make table1`: the plan for the datasets present, its order and estimates, and resuming."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import data_prep.datasets
+from mtdnet import table1
+from spec import REPO_ROOT, Run, get_profile
+from tests import fixtures as F
+
+CUHK03_PAIRS = [843, 440, 77]
+
+
+@pytest.fixture
+def shared(tmp_path, monkeypatch):
+    """A datasets folder holding CUHK03's detected image folder only (no .mat, no targets)."""
+    root = tmp_path / "datasets"
+    F.write_cuhk03_folder(str(root / "CUHK03"), CUHK03_PAIRS, h=8, w=4)
+    monkeypatch.setattr(data_prep.datasets, "DATASETS_DIR", str(root))
+    monkeypatch.setenv("MTDNET_DATASETS", str(root))
+    monkeypatch.setenv("MTDNET_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MTDNET_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path
+
+
+def test_plan_orders_the_stages_and_names_what_is_absent(shared):
+    steps, notes = table1.plan("scratch")
+    assert [n.split(":")[0] for n in notes] == ["CUHK01", "VIPeR", "iLIDS", "PRID2011"]
+    what = [s.what for s in steps]
+    assert what[:4] == ["CUHK03 (detected): prepare the data", "CUHK03 (detected): train MTDnet",
+                        "CUHK03 (detected): evaluate MTDnet", "CUHK03 (detected): evaluate MTDnet-trp"]
+    assert what[-1] == "Table 1: the report"
+    # The source's MTDnet before its single-task variants; its snapshots chosen on validation.
+    assert what.index("CUHK03 (detected): train MTDnet") < what.index("CUHK03 (detected): train MTDnet-cls")
+    assert all("SELECT=1" in s.command() for s in steps if s.what.startswith("CUHK03 (detected): evaluate"))
+    # 5000 CUHK03 iterations at ~1 s each: the estimate says so.
+    assert steps[1].seconds == pytest.approx(5000 * get_profile("scratch").seconds_per_iter)
+    text = table1.describe(steps, notes)
+    assert "make train DATASET=cuhk03detected PROFILE=scratch VARIANT=mtdnet" in text
+    assert "expected time of what is left on this machine" in text
+
+
+def test_targets_fine_tune_from_the_source_models(shared):
+    F.write_cuhk01(str(shared / "datasets" / "CUHK01"), [1, 2])
+    steps, _ = table1.plan("scratch")
+    cmds = {s.what: " ".join(s.command(resolve=False)) for s in steps}
+    ft = cmds["CUHK01: train MTDnet (cuhk03detected)"]
+    assert "TAG=cuhk03detected" in ft and "WEIGHTS=<cuhk03detected-mtdnet-scratch's model chosen on validation>" in ft
+    assert "WEIGHTS=<cuhk03detected-rnk-scratch" in cmds["CUHK01: train MTDnet-rnk (cuhk03detected)"]
+    assert "SOURCE=cuhk03detected" in cmds["CUHK01: train MTDnet-cross (cuhk03detected)"]
+    assert "WEIGHTS" not in cmds["CUHK01: train MTDnet"]           # the from-scratch baseline
+    with pytest.raises(Exception, match="model the next stages start from is missing"):
+        steps[[s.what for s in steps].index("CUHK01: train MTDnet (cuhk03detected)")].command()
+
+
+def test_runs_the_source_stage_and_resumes(shared):
+    prof = get_profile("tiny", ["max_iter_cuhk03=20", "snapshot=10"])
+    steps, notes = table1.plan(prof)
+    done_before = [s.done() for s in steps[1:4]]
+    table1.run_plan(steps[:4], notes, log=lambda *a: None, cwd=REPO_ROOT)
+    assert done_before == [False, False, False] and all(s.done() for s in steps[1:4])
+    run = Run.create("cuhk03detected", "mtdnet", prof)
+    assert os.path.isfile(run.selection) and os.path.isfile(run.with_variant("trp").result("paper"))
+    # A second run skips what is done.
+    logs = []
+    table1.run_plan(steps[:4], notes, log=logs.append, cwd=REPO_ROOT)
+    assert sum("done, skipped" in x for x in logs) == 3
+
+
+def test_dry_run_cli(shared):
+    p = subprocess.run([sys.executable, "tools/table1.py", "--profile", "scratch", "--dry-run"], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "1. CUHK03 (detected): prepare the data" in p.stdout and "note: VIPeR" in p.stdout

@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""make table1: every stage of the paper for the datasets present, in order, then the report.
+
+Examples:
+  python tools/table1.py --profile scratch --dry-run       # the plan, with expected times
+  python tools/table1.py --profile scratch                 # run it (resumable)
+  python tools/table1.py --profile paper --gpu --weights bvlc_reference_caffenet.caffemodel
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mtdnet.cli import cli_main  # noqa: E402
+
+
+def main(argv=None):
+    from mtdnet import table1
+    from spec import PROFILES, REPO_ROOT
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="scratch", help=f"one of {', '.join(PROFILES)} (default scratch)")
+    ap.add_argument("--gpu", action="store_true", help="train and score on the GPU (a CUDA build)")
+    ap.add_argument("--weights", help="an ImageNet CaffeNet / AlexNet model for the source stage (paper profile)")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and the expected times; run nothing")
+    a = ap.parse_args(argv)
+    steps, notes = table1.plan(a.profile, a.gpu, os.path.abspath(a.weights) if a.weights else None)
+    if a.dry_run:
+        print(table1.describe(steps, notes))
+        return 0
+    table1.run_plan(steps, notes, cwd=REPO_ROOT)
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)
