@@ -9,7 +9,9 @@
   3. make report
 
 Every step is a `make` command a user could type; a step whose output is complete is
-skipped, so a re-run continues where the last one stopped. DRY_RUN=1 prints the plan with
+skipped, so a re-run continues where the last one stopped. The source's models published in
+the repository (models/<run>/, mtdnet.models) count as complete: the later stages start
+from them without the hours of training. DRY_RUN=1 prints the plan with
 each command and its expected time on this machine.
 """
 import dataclasses
@@ -19,7 +21,7 @@ import subprocess
 import time
 
 from data_prep.datasets import default_root
-from mtdnet import caffe_run
+from mtdnet import caffe_run, models
 from mtdnet.evaluate import SELECT_CANDIDATES
 from spec import MtdnetError, Run, datasets, get_profile, variants
 from spec.fsutil import read_json
@@ -72,15 +74,19 @@ def targets_present():
     return present, absent
 
 
-def _trained(run):
+def _trained(run, publishable=False):
     def done():
+        if publishable and models.published(run):
+            return True     # the repository's copy (models/<run>/) stands for it
         info = read_json(run.info, "run description") if os.path.exists(run.info) else {}
         return bool(info.get("iterations")) and info.get("iterations") >= info.get("max_iter", 1 << 60)
     return done
 
 
-def _evaluated(run):
+def _evaluated(run, publishable_as=None):
     def done():
+        if publishable_as is not None and models.published(publishable_as):
+            return True
         if not os.path.exists(run.result("paper")):
             return False
         latest = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel")
@@ -104,7 +110,7 @@ def chosen_model(run):
     def resolve():
         if os.path.exists(run.selection):
             return "WEIGHTS=" + run.project.abs(read_json(run.selection, "snapshot choice")["model"])
-        latest = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel")
+        latest = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel") or models.published(run)
         if not latest:
             raise MtdnetError(f"{run.snapshot_prefix}_iter_*.caffemodel: the {run.dataset.title} model the "
                               f"next stages start from is missing; its training step did not finish")
@@ -128,11 +134,13 @@ def plan(profile, gpu=False, weights=None, project=None):
                      f"no pre-training; the other datasets train from scratch only")
 
     def train_eval(run, init_args, select):
+        # The source's models may be published in the repository (models/): they are not retrained.
+        publishable = select
         lr, its = run.solver_settings()
         steps.append(Step(f"{run.dataset.title}: train {run.train_variant.title}"
                           + (f" ({run.tag})" if run.tag else ""),
                           ["train", *_common(run), f"VARIANT={run.train_variant.key}", *init_args, *gpu_arg],
-                          its * iter_s, _trained(run)))
+                          its * iter_s, _trained(run, publishable)))
         for v in [run.variant] + ([variants.get_variant("trp")] if run.variant.key == "mtdnet" else []):
             r = run.with_variant(v.key)
             secs = FEATURE_EVAL_SECONDS if v.score == "feature" else \
@@ -141,7 +149,7 @@ def plan(profile, gpu=False, weights=None, project=None):
             evals = min(its // prof.snapshot, SELECT_CANDIDATES) + 1 if select else 1
             steps.append(Step(f"{r.dataset.title}: evaluate {v.title}" + (f" ({run.tag})" if run.tag else ""),
                               ["eval", *_common(r), f"VARIANT={v.key}"] + (["SELECT=1"] if select else []),
-                              secs * evals, _evaluated(r)))
+                              secs * evals, _evaluated(r, run if publishable else None)))
 
     # Ordered so that the headline numbers come first: the source MTDnet, the targets' MTDnet
     # fine-tuned from it and from scratch, aug and cross; then the single-task variants.

@@ -41,6 +41,7 @@ class Project:
     data_dir: str = None     # default $MTDNET_DATA_DIR, else <root>/data
     runs_dir: str = None     # default $MTDNET_RUNS_DIR, else <root>/runs
     venv: str = None         # default: the venv in use
+    models_dir: str = None   # published models: default $MTDNET_MODELS_DIR, else <root>/models
 
     def __post_init__(self):
         root = os.path.abspath(self.root)
@@ -49,6 +50,8 @@ class Project:
         object.__setattr__(self, "root", root)
         object.__setattr__(self, "data_dir", os.path.abspath(data))
         object.__setattr__(self, "runs_dir", os.path.abspath(runs))
+        models = self.models_dir or os.environ.get("MTDNET_MODELS_DIR") or os.path.join(root, "models")
+        object.__setattr__(self, "models_dir", os.path.abspath(models))
         object.__setattr__(self, "venv", os.path.abspath(self.venv or _default_venv()))
 
     @property

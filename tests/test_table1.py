@@ -1,12 +1,13 @@
 """`make table1`: the plan for the datasets present, its order and estimates, and resuming."""
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 import data_prep.datasets
-from mtdnet import table1
+from mtdnet import models, table1
 from spec import REPO_ROOT, Run, get_profile
 from tests import fixtures as F
 
@@ -22,6 +23,7 @@ def shared(tmp_path, monkeypatch):
     monkeypatch.setenv("MTDNET_DATASETS", str(root))
     monkeypatch.setenv("MTDNET_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MTDNET_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("MTDNET_MODELS_DIR", str(tmp_path / "models"))
     return tmp_path
 
 
@@ -67,6 +69,18 @@ def test_runs_the_source_stage_and_resumes(shared):
     logs = []
     table1.run_plan(steps[:4], notes, log=logs.append, cwd=REPO_ROOT)
     assert sum("done, skipped" in x for x in logs) == 3
+    # Published into models/ (checked by sha256), it stands for the run: no retraining.
+    chosen = os.path.basename(models.chosen(run))
+    out = models.publish(run, [run.with_variant("trp")])
+    assert sorted(os.listdir(out)) == sorted(["README.md", "SHA256SUMS", "run.json", "select-val.json", chosen,
+                                              f"{run.result_name}.cmc-paper.json",
+                                              f"{run.with_variant('trp').result_name}.cmc-paper.json"])
+    shutil.rmtree(run.dir)
+    assert models.published(run).endswith(chosen) and all(s.done() for s in steps[1:3])
+    with open(os.path.join(out, "run.json"), "a") as f:
+        f.write(" ")
+    with pytest.raises(Exception, match="sha256 differs"):
+        models.published(run)
 
 
 def test_dry_run_cli(shared):

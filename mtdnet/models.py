@@ -1,0 +1,91 @@
+"""Trained models kept in the repository: models/<run name>/.
+
+A published model is the run's chosen snapshot (on validation identities, `make eval
+SELECT=1`, else its last) with what makes it trustworthy beside it:
+
+  <snapshot>.caffemodel   the weights
+  run.json                how it was trained (settings, seed, initialisation, iterations, time)
+  select-val.json         the snapshot choice on validation identities (when made)
+  cmc-*.json              its evaluations on the test identities
+  SHA256SUMS              sha256 of every file above
+
+Later stages (fine-tuning, `make table1`) start from it without retraining; reproducing it
+is the run's `make train` and `make eval SELECT=1` commands, recorded in its README.md.
+"""
+import hashlib
+import os
+import shutil
+
+from mtdnet import caffe_run
+from spec import MtdnetError
+from spec.fsutil import atomic_dir, atomic_write_text, read_json
+
+SUMS = "SHA256SUMS"
+
+
+def model_dir(run):
+    return os.path.join(run.project.models_dir, run.name)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def chosen(run):
+    """The run's chosen snapshot: select-val.json's, else its newest."""
+    selection = os.path.join(run.result_dir, "select-val.json")
+    if os.path.exists(selection):
+        return run.project.abs(read_json(selection, "snapshot choice")["model"])
+    latest = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel")
+    if not latest:
+        raise MtdnetError(f"{run.snapshot_prefix}_iter_*.caffemodel: no model to publish; train it first "
+                          f"({run.commands()[0]})")
+    return latest
+
+
+def publish(run, results=()):
+    """Copy the run's chosen model and records into models/<run name>/ (replacing an older copy
+    as a whole); `results`: more Runs whose test evaluations go with it (e.g. its trp)."""
+    model = chosen(run)
+    files = [(model, os.path.basename(model)), (run.info, "run.json")]
+    selection = os.path.join(run.result_dir, "select-val.json")
+    if os.path.exists(selection):
+        files.append((selection, "select-val.json"))
+    for r in (run,) + tuple(results):
+        for f in sorted(os.listdir(r.result_dir)) if os.path.isdir(r.result_dir) else []:
+            if f.startswith("cmc-") and f.endswith(".json") and "-val-" not in f:
+                files.append((os.path.join(r.result_dir, f), f"{r.result_name}.{f}"))
+    out = model_dir(run)
+    with atomic_dir(out) as tmp:
+        for src, name in files:
+            shutil.copyfile(src, os.path.join(tmp, name))
+        train, evaluate = run.commands()
+        atomic_write_text(os.path.join(tmp, "README.md"),
+                          f"# {run.name}\n\nThe {run.train_variant.title} model of `{run.name}`: "
+                          f"{os.path.basename(model)}, chosen as `select-val.json` says (or the last "
+                          f"snapshot). Reproduce it with\n\n    {train}\n    {evaluate} SELECT=1\n\n"
+                          f"and check the files with `sha256sum -c {SUMS}`.\n")
+        atomic_write_text(os.path.join(tmp, SUMS), "".join(f"{sha256(src)}  {name}\n" for src, name in files))
+    return out
+
+
+def published(run):
+    """The published model of `run` (checked against SHA256SUMS), or None when there is none."""
+    d = model_dir(run)
+    sums = os.path.join(d, SUMS)
+    if not os.path.isfile(sums):
+        return None
+    model = None
+    with open(sums) as f:
+        for line in f:
+            digest, name = line.split()
+            path = os.path.join(d, name)
+            if not os.path.isfile(path) or sha256(path) != digest:
+                raise MtdnetError(f"{path}: missing or not the published file (sha256 differs from {sums})")
+            if name.endswith(".caffemodel"):
+                model = path
+    return model

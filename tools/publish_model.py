@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Publish a trained run's chosen model into models/<run>/ with its records and SHA256SUMS.
+
+Example:
+  python tools/publish_model.py --dataset cuhk03detected --variant mtdnet --profile scratch --with trp
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mtdnet.cli import add_experiment_args, cli_main, run_from_args  # noqa: E402
+
+
+def main(argv=None):
+    from mtdnet import models
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_experiment_args(ap)
+    ap.add_argument("--with", dest="also", action="append", default=[],
+                    help="another variant scored with this model whose test results go along (e.g. trp)")
+    a = ap.parse_args(argv)
+    run = run_from_args(a)
+    out = models.publish(run, [run.with_variant(v) for v in a.also])
+    print(f"published {run.name} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)
