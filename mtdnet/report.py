@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 
+from data_prep.datasets import default_root
 from mtdnet import plots
 from spec import MtdnetError, Split, datasets, variants
 from spec.fsutil import atomic_write_text
@@ -69,6 +70,13 @@ def label(r):
     if r.get("substitute"):
         bits.append(f"split: {r['substitute']}")
     return ", ".join(bits)
+
+
+def dataset_key(name):
+    try:
+        return datasets.get_dataset(name).key
+    except MtdnetError:
+        return name
 
 
 def dataset_title(name):
@@ -171,7 +179,11 @@ def build_report(runs_dir):
         written.append(dst)
         lines.append(f"- {dataset_title(d)}: `{os.path.basename(dst)}` "
                      f"(from `{r['run']}`, {r['protocol']} protocol, rank-1 {r['rank1']:.2f})")
-    md = ("# MTDnet reproduction: Table 1\n\n" + table1_markdown(results)
+    absent = [dataset_title(d) for d in datasets.table1_datasets()
+              if not os.path.isdir(default_root(d)) and d not in {dataset_key(r["dataset"]) for r in results}]
+    missing = (f"Not available on this machine (no raw data): {', '.join(absent)}; their columns hold the "
+               f"paper's numbers only.\n\n" if absent else "")
+    md = ("# MTDnet reproduction: Table 1\n\n" + missing + table1_markdown(results)
           + "\nCMC curves: `report_cmc.png`. Ranked galleries (probe and top 10, true match framed "
             "in green), best rank-1 per dataset:\n\n" + "\n".join(lines) + "\n")
     path = os.path.join(runs_dir, "report.md")
