@@ -1,36 +1,67 @@
-# MTDnet reproduction. `make setup` then `make test`; see README.md.
+# MTDnet reproduction. `make setup`, `make test`, `make demo`; see README.md and `make help`.
 SHELL := /bin/bash
-VENV ?= $(CURDIR)/.venv
-PY := $(VENV)/bin/python
-ACTIVATE := source $(VENV)/bin/activate &&
-NEED_VENV = @test -x $(PY) || { echo "no $(VENV): run 'make setup' first" >&2; exit 1; }
+# No globbing in recipes: a *_ARGS value is split into words, never expanded into file names.
+.SHELLFLAGS := -f -c
+ifeq ($(origin VENV),undefined)
+VENV := $(CURDIR)/.venv
+endif
 
 DATASET ?= synthetic
 PROFILE ?= cpu
 VARIANT ?= mtdnet
 SPLIT ?= paper
-# SET="base_lr=0.005 shift=8": profile fields overridden for this experiment (data, train, eval)
-SET_ARG = $(if $(SET),--set '$(SET)')
 
-.PHONY: setup test prototxt data train eval report bench help
+# Every value a user gives (make train WEIGHTS=...) reaches the tools as typed, as one
+# argument: make passes it in the environment as ARG_<NAME>, copied with $(value ...) so that
+# make expands nothing in it, and the recipes quote it ("$$ARG_WEIGHTS"). No value is ever
+# pasted into the shell's text: quotes, spaces, $ and backticks in it are plain characters.
+# The *_ARGS values are split into words at spaces (no quoting inside them).
+VARS := VENV DATASET PROFILE VARIANT SPLIT SET DATA_ROOT NUM_SPLITS SEED DATA_ARGS ITERS WEIGHTS GPU \
+        RESTART TRAIN_ARGS SPLITS PROTOCOL TRIALS MODEL ON SELECT EVAL_ARGS REPORT_ARGS BENCH_ARGS \
+        DEMO_ARGS PYTEST_ARGS
+unexport $(VARS)
+$(foreach v,$(VARS),$(eval export ARG_$(v) = $$(value $(v))))
+# "$(call opt,--iters,ITERS)": the option with the value when ITERS is given, else nothing.
+opt = $(if $(value $(2)),$(1) "$$ARG_$(2)")
+# A yes/no variable (GPU=1, RESTART=1; 0 / no / false = off).
+flag = $(if $(filter-out 0 no false,$(value $(2))),$(1))
+
+PY = "$$ARG_VENV/bin/python"
+NEED_VENV = @test -x $(PY) || { echo "no $$ARG_VENV: run 'make setup' first" >&2; exit 1; }
+ACTIVATE = source "$$ARG_VENV/bin/activate" &&
+
+.PHONY: setup test demo prototxt data train eval report bench help
 
 help:
-	@echo "make setup      system packages, Caffe build (cached), .venv"
-	@echo "make test       the test suite (pytest)"
+	@echo "make setup      system packages, the pinned Caffe build (cached), .venv"
+	@echo "make test       the test suite (pytest) [PYTEST_ARGS=...]"
+	@echo "make demo       the whole job on the built-in synthetic data in ~2 minutes: data, a tiny"
+	@echo "                MTDnet, evaluation, report (in data/demo/ and runs/demo/) [DEMO_ARGS=...]"
+	@echo "make data       prepare a dataset into data/<dataset>-<profile>-<split>/"
+	@echo "                  DATASET PROFILE SPLIT [DATA_ROOT=<folder> NUM_SPLITS=10 SEED=<n> SET= DATA_ARGS=]"
+	@echo "make train      train a run into runs/<dataset>-<variant>-<profile>[-<split>]/ (resumes)"
+	@echo "                  DATASET VARIANT PROFILE [SPLIT ITERS=<n> WEIGHTS=<caffemodel> RESTART=1 GPU=1"
+	@echo "                  SET= TRAIN_ARGS=]"
+	@echo "make eval       CMC of a trained run: DATASET VARIANT PROFILE [SPLIT SPLITS=random0,... PROTOCOL"
+	@echo "                  TRIALS=10 MODEL=<caffemodel> ON=val SELECT=1 SET= EVAL_ARGS=]"
+	@echo "make report     runs/report.md: Table 1 with our numbers beside the paper's [REPORT_ARGS=]"
 	@echo "make prototxt   regenerate the committed prototxt/ and solvers/ (paper, scratch)"
-	@echo "make data       prepare DATASET (default synthetic) for PROFILE/SPLIT into data/"
-	@echo "make train      train a run: DATASET VARIANT PROFILE [SPLIT WEIGHTS ITERS GPU=1]"
-	@echo "make eval       CMC of a trained run: DATASET VARIANT PROFILE [SPLIT PROTOCOL TRIALS MODEL]"
-	@echo "make report     runs/report.md: Table 1 with our numbers beside the paper's"
-	@echo "SET='field=value ...' overrides profile fields in data / train / eval (recorded, tags the run)"
 	@echo "make bench      speed and memory on this machine -> bench/results.json [BENCH_ARGS=--quick]"
+	@echo "SET='field=value ...' overrides profile fields in data / train / eval (recorded, tags the run)"
+	@echo "The *_ARGS take the tool's own options: python tools/<prepare_data|train|evaluate>.py --help"
+	@test -x $(PY) && $(PY) tools/choices.py || echo "(run 'make setup' to list the valid values)"
 
 setup:
 	@bash scripts/setup.sh
 
 test:
 	$(NEED_VENV)
-	$(ACTIVATE) python -m pytest -q $(PYTEST_ARGS) tests
+	$(ACTIVATE) python -m pytest -q $$ARG_PYTEST_ARGS tests
+
+# make demo [DEMO_ARGS="--iters 1000"]: data/demo/, runs/demo/ (never a user's data or runs)
+demo:
+	$(NEED_VENV)
+	$(ACTIVATE) python tools/demo.py $$ARG_DEMO_ARGS
 
 prototxt:
 	$(NEED_VENV)
@@ -40,34 +71,34 @@ prototxt:
 #           [SPLIT=paper|random|random<k>|testsets|testsets<k>] [NUM_SPLITS=10] [SEED=<n>] [DATA_ARGS=...]
 data:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/prepare_data.py --dataset $(DATASET) --profile $(PROFILE) --split $(SPLIT) $(SET_ARG) \
-	  $(if $(DATA_ROOT),--data-root '$(DATA_ROOT)') $(if $(NUM_SPLITS),--num-splits $(NUM_SPLITS)) \
-	  $(if $(SEED),--seed $(SEED)) $(DATA_ARGS)
+	$(ACTIVATE) python tools/prepare_data.py --dataset "$$ARG_DATASET" --profile "$$ARG_PROFILE" \
+	  --split "$$ARG_SPLIT" $(call opt,--set,SET) $(call opt,--data-root,DATA_ROOT) \
+	  $(call opt,--num-splits,NUM_SPLITS) $(call opt,--seed,SEED) $$ARG_DATA_ARGS
 
-# make train DATASET=<d> VARIANT=<v> PROFILE=<p> [SPLIT=paper] [WEIGHTS=<caffemodel>] [ITERS=<n>] [GPU=1]
-#            [TRAIN_ARGS=--source-split random0]
+# make train DATASET=<d> VARIANT=<v> PROFILE=<p> [SPLIT=paper] [WEIGHTS=<caffemodel>] [ITERS=<n>]
+#            [RESTART=1] [GPU=1] [TRAIN_ARGS=--source-split random0]
 train:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/train.py --dataset $(DATASET) --variant $(VARIANT) --profile $(PROFILE) \
-	  --split $(SPLIT) $(SET_ARG) $(if $(ITERS),--iters $(ITERS)) $(if $(WEIGHTS),--weights '$(WEIGHTS)') $(if $(GPU),--gpu) \
-	  $(TRAIN_ARGS)
+	$(ACTIVATE) python tools/train.py --dataset "$$ARG_DATASET" --variant "$$ARG_VARIANT" \
+	  --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) $(call opt,--iters,ITERS) \
+	  $(call opt,--weights,WEIGHTS) $(call flag,--restart,RESTART) $(call flag,--gpu,GPU) $$ARG_TRAIN_ARGS
 
 # make eval DATASET=<d> VARIANT=<v> PROFILE=<p> [SPLIT=paper|random<k>|random] [SPLITS=random0,random1,...]
 #           [PROTOCOL=paper|random] [TRIALS=10] [MODEL=<caffemodel>] [ON=val] [SELECT=1] [EVAL_ARGS=...]
 #           ON=val ranks the validation identities; SELECT=1 picks the snapshot on them, then tests it
 eval:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/evaluate.py --dataset $(DATASET) --variant $(VARIANT) --profile $(PROFILE) \
-	  --split $(SPLIT) $(SET_ARG) $(if $(SPLITS),--splits $(SPLITS)) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
-	  $(if $(TRIALS),--trials $(TRIALS)) $(if $(MODEL),--model '$(MODEL)') $(if $(ON),--on $(ON)) \
-	  $(if $(SELECT),--select-on-val) $(EVAL_ARGS)
+	$(ACTIVATE) python tools/evaluate.py --dataset "$$ARG_DATASET" --variant "$$ARG_VARIANT" \
+	  --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) $(call opt,--splits,SPLITS) \
+	  $(call opt,--protocol,PROTOCOL) $(call opt,--trials,TRIALS) $(call opt,--model,MODEL) \
+	  $(call opt,--on,ON) $(call flag,--select-on-val,SELECT) $$ARG_EVAL_ARGS
 
 # make report [REPORT_ARGS=--runs-dir <dir>]: runs/report.md, report_cmc.png, report_ranked_<dataset>.png
 report:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/report.py $(REPORT_ARGS)
+	$(ACTIVATE) python tools/report.py $$ARG_REPORT_ARGS
 
 # make bench [BENCH_ARGS="--parts scoring,cmc --blocks paper=8x8 ..."]: bench/results.json (tools/bench.py --help)
 bench:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/bench.py $(BENCH_ARGS)
+	$(ACTIVATE) python tools/bench.py $$ARG_BENCH_ARGS

@@ -30,6 +30,7 @@ from spec.fsutil import atomic_dir, atomic_write_json, read_json
 from data_prep import imagedb, splitting
 from data_prep.datasets import default_root, get_reader, read_dataset
 from data_prep.records import SPLITS_DIR, load_image, remove_stale_partials, resize_chw
+from spec.locks import exclusive
 from data_prep.triplets import make_triplets
 
 DATA_VERSION = 1   # bump when the output of the same inputs changes: forces rebuilds
@@ -101,6 +102,21 @@ def _owner(data_mdb):
     """The split directory an LMDB file was first written for: .../<dir>/images.lmdb/data.mdb."""
     return os.path.basename(os.path.dirname(os.path.dirname(data_mdb)))
 
+def made_here(out):
+    """Whether `out` is a prepared-data folder written by this module (its manifest.json)."""
+    try:
+        m = read_json(os.path.join(out, "manifest.json"))
+    except MtdnetError:
+        return False
+    return isinstance(m, dict) and "key" in m and "data_version" in m
+
+
+def guard(out):
+    """atomic_dir's guard: a prepared-data folder replaces only an empty folder or one made here."""
+    return (made_here, "prepared data",
+            "Move it away, or prepare into another folder (DATA_ARGS=--data-dir <new folder>).")
+
+
 
 def _write_lmdb(lmdb_dir, recs, images, size, desc, progress, map_size):
     def items():
@@ -127,7 +143,7 @@ def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_siz
     remove_stale_partials(out)
     tag = os.path.basename(out)
     try:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, guard(out)) as tmp:
             lmdb_dir = os.path.join(tmp, "images.lmdb")
             shared, rate, lmdb_written = share and _shared_lmdb(data, lmdb_key), None, 0
             if shared:
@@ -229,7 +245,14 @@ def prepare(dataset, profile, split, opts=SplitOptions(), *, project=None, root=
                 f"nothing to do -> {out}")
             results.append(dict(have, status="up to date"))
             continue
-        # --force rebuilds the LMDB too (no hard link to a sibling's, which may be the suspect)
-        m = build_split(ds, data, seed, fp, key, opts, progress, log, map_size, argv, share=not force)
+        # One command per output folder: a second would delete the first one's work folder.
+        with exclusive(out, "make data"):
+            have = None if force else _up_to_date(out, key)   # built by the previous holder
+            if have:
+                log(f"{os.path.basename(out)}: up to date: nothing to do -> {out}")
+                results.append(dict(have, status="up to date"))
+                continue
+            # --force rebuilds the LMDB too (no hard link to a sibling's, which may be the suspect)
+            m = build_split(ds, data, seed, fp, key, opts, progress, log, map_size, argv, share=not force)
         results.append(dict(m, status="built"))
     return results

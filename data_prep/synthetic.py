@@ -19,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from spec import MtdnetError
-from spec.fsutil import atomic_dir, atomic_write_json, read_json
+from spec.fsutil import atomic_dir, atomic_write_json, os_error, read_json, require_replaceable
+from spec.locks import exclusive
 from data_prep.records import remove_stale_partials
 
 VERSION = 1
@@ -278,25 +279,58 @@ def params(num_ids=None, num_test=None, seed=None, height=None, width=None):
     return out
 
 
+INFO = "synthetic.json"   # written last: it also marks the folder as generated here
+
+
+def made_here(root):
+    """Whether `root` holds a synthetic dataset this module generated (its synthetic.json)."""
+    try:
+        info = read_json(os.path.join(root, INFO))
+    except MtdnetError:
+        return False
+    return isinstance(info, dict) and {"version", "seed", "num_ids", "test_ids"} <= set(info)
+
+
+def guard(root):
+    """atomic_dir's guard: the generator replaces only an empty folder or one it made."""
+    return (made_here, "the synthetic dataset",
+            "If this folder holds a real dataset, name it with DATASET= (e.g. DATASET=viper "
+            f"DATA_ROOT={root}); otherwise leave DATA_ROOT out (the synthetic set goes to "
+            "data/raw/synthetic) or give a new or empty folder.")
+
+
+def _write_image(path, img):
+    # cv2.imwrite reports success on a full disk and leaves a truncated file:
+    # encode in memory and write with Python, which raises on a short write.
+    ok, buf = cv2.imencode(".bmp", img)
+    if not ok:
+        raise MtdnetError(f"{path}: cannot encode the image")
+    with open(path, "wb") as f:
+        f.write(buf.tobytes())
+
+
 def generate(root, progress=True, **kw):
-    """Write the dataset to `root` (atomically). Returns its synthetic.json content."""
+    """Write the dataset to `root` (atomically; only a new or empty folder, or one it made
+    itself, is replaced). Returns its synthetic.json content."""
     info = params(**kw)
     rng = np.random.default_rng(info["seed"])
     ids = np.arange(info["num_ids"])
     info["test_ids"] = sorted(int(i) for i in rng.choice(ids, info["num_test"], replace=False))
     remove_stale_partials(root)
-    with atomic_dir(root) as tmp:
-        for sub in ("cam_a", "cam_b"):
-            os.makedirs(os.path.join(tmp, sub))
-        for pid in tqdm(ids, desc="synthetic people", unit="id", disable=not progress, leave=False):
-            prng = np.random.default_rng([info["seed"], int(pid)])   # per person: stable under num_ids
-            person = sample_person(prng)
-            for sub, cam in zip(("cam_a", "cam_b"), CAMERAS):
-                img, angle = render(person, cam, prng, info["height"], info["width"])
-                path = os.path.join(tmp, sub, f"{pid:03d}_{angle}.bmp")
-                if not cv2.imwrite(path, img):
-                    raise MtdnetError(f"{path}: cannot write the image")
-        atomic_write_json(os.path.join(tmp, "synthetic.json"), info)
+    try:
+        with atomic_dir(root, guard(root)) as tmp:
+            for sub in ("cam_a", "cam_b"):
+                os.makedirs(os.path.join(tmp, sub))
+            for pid in tqdm(ids, desc="synthetic people", unit="id", disable=not progress, leave=False):
+                prng = np.random.default_rng([info["seed"], int(pid)])   # per person: stable under num_ids
+                person = sample_person(prng)
+                for sub, cam in zip(("cam_a", "cam_b"), CAMERAS):
+                    img, angle = render(person, cam, prng, info["height"], info["width"])
+                    _write_image(os.path.join(tmp, sub, f"{pid:03d}_{angle}.bmp"), img)
+            atomic_write_json(os.path.join(tmp, INFO), info)
+    except OSError as e:
+        raise os_error(e, root, f" while generating the synthetic dataset in {root} "
+                                "(nothing was left under that name)") from None
     return info
 
 
@@ -304,16 +338,27 @@ def _count_bmp(d):
     return sum(f.endswith(".bmp") for f in os.listdir(d)) if os.path.isdir(d) else 0
 
 
+def _have(root, want):
+    info_path = os.path.join(root, INFO)
+    if not os.path.isfile(info_path):
+        return False
+    have = read_json(info_path)
+    complete = all(_count_bmp(os.path.join(root, sub)) == want["num_ids"] for sub in ("cam_a", "cam_b"))
+    return complete and all(have.get(k) == v for k, v in want.items())
+
+
 def ensure(root, progress=True, log=print, **kw):
-    """Generate unless `root` already holds this exact dataset. Returns True if it generated."""
+    """Generate unless `root` already holds this exact dataset. Returns True if it generated.
+    One command at a time generates into a folder (a second one stops: already running)."""
     want = params(**kw)
-    info_path = os.path.join(root, "synthetic.json")
-    if os.path.isfile(info_path):
-        have = read_json(info_path)
-        complete = all(_count_bmp(os.path.join(root, sub)) == want["num_ids"] for sub in ("cam_a", "cam_b"))
-        if complete and all(have.get(k) == v for k, v in want.items()):
+    root = os.path.abspath(root)
+    if _have(root, want):
+        return False
+    require_replaceable(root, *guard(root))   # before the lock file is written beside it
+    with exclusive(root, "make data (generating the synthetic dataset)"):
+        if _have(root, want):   # made by a command that held the lock just before us
             return False
-    log(f"generating the synthetic dataset in {root} ({want['num_ids']} people x 2 cameras, "
-        f"seed {want['seed']})")
-    generate(root, progress=progress, **kw)
+        log(f"generating the synthetic dataset in {root} ({want['num_ids']} people x 2 cameras, "
+            f"seed {want['seed']})")
+        generate(root, progress=progress, **kw)
     return True

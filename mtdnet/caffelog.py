@@ -137,3 +137,27 @@ def caffe_time_ms(log_text):
     if not its:
         raise MtdnetError("caffe time printed no 'forward-backward time' line:\n" + log_text[-2000:])
     return its
+
+
+# What Caffe was writing when it died: "Snapshotting to binary proto file <model>" and
+# "Snapshotting solver state to binary proto file <state>" come before each write.
+_SNAPSHOTTING = re.compile(r"Snapshotting (?:solver state )?to (?:binary proto|HDF5) file (\S+)")
+_FATAL = re.compile(r"^F(?:\d{4}){1,2} [\d:.]+ +\d+ [\w.]+:\d+\] (.*)")
+_CPU_ONLY = "Cannot use GPU in CPU-only Caffe"
+
+
+def snapshotting(line):
+    """The snapshot file a log line says Caffe starts writing, or None."""
+    m = _SNAPSHOTTING.search(line)
+    return m.group(1) if m else None
+
+
+def fatal(line):
+    """The message of a glog fatal line (a failed CHECK: Caffe aborts), or None."""
+    m = _FATAL.match(line)
+    return m.group(1).strip() if m else None
+
+
+def cpu_only(text):
+    """Whether Caffe refused a GPU solver because it is a CPU-only build."""
+    return _CPU_ONLY in text

@@ -1,19 +1,55 @@
 """The entry points' wrapper: a user-facing error is one line and exit status 1."""
 import sys
 
-from spec import PROFILES, MtdnetError, Project, Run, datasets, splits, variants
+from mtdnet.trials import PROTOCOLS
+from spec import PROFILES, MtdnetError, Project, Run, datasets, get_profile, splits, variants
+from spec.fsutil import os_error
+
+
+def _tell(text):
+    # After a hangup the terminal is gone: the exit status still tells.
+    try:
+        print(text, file=sys.stderr)
+    except OSError:
+        pass
 
 
 def cli_main(fn):
-    """Run fn(); turn MtdnetError into a one-line message and exit status 1."""
+    """Run fn(); turn MtdnetError (and a file-system error: a full disk, a read-only folder)
+    into a one-line message naming the file and exit status 1."""
     try:
         return fn()
     except MtdnetError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _tell(f"error: {e}")
+        sys.exit(1)
+    except OSError as e:
+        if e.filename is None:
+            raise
+        _tell(f"error: {os_error(e)}")
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _tell("interrupted")
         sys.exit(130)
+
+
+def bars(a):
+    """Progress bars only on a terminal: redirected to a file they are pages of redraws."""
+    return not getattr(a, "no_progress", False) and sys.stderr.isatty()
+
+
+def choices_text():
+    """The valid values of the experiment's names, one variable a line (`make help`)."""
+    profs = ", ".join(f"{p} ({get_profile(p).max_iter} iterations)" for p in PROFILES)
+    return "\n".join([
+        "Valid values (defaults: DATASET=synthetic VARIANT=mtdnet PROFILE=cpu SPLIT=paper):",
+        f"  DATASET   {', '.join(datasets.names())}",
+        f"  VARIANT   {', '.join(variants.names())}",
+        f"  PROFILE   {profs}",
+        f"  SPLIT     {splits.HELP}",
+        f"  PROTOCOL  {', '.join(PROTOCOLS)} (random: TRIALS gallery draws)",
+        "  DATA_ROOT the dataset as distributed (default ../shared/datasets/<Name>; synthetic: "
+        "data/raw/synthetic, generated there)",
+    ])
 
 
 def add_experiment_args(ap, *, variant=True, split_help=None):

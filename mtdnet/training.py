@@ -7,10 +7,12 @@ A run (spec.Run) lives in runs/<dataset>-<variant>-<profile>[-<split>][+override
   snapshots/                        models and solver states
   run.json                          what was run: settings, overrides, seed, initialisation
   loss.png                          the loss curves
+  previous-<time>/                  an earlier run of the same name, set aside by RESTART=1
+One `make train` of a run at a time (a lock beside it: runs/.<run>.lock).
 """
 import dataclasses
-import json
 import os
+import shutil
 import time
 
 from google.protobuf import text_format
@@ -20,10 +22,11 @@ from mtdnet.plots import plot_loss_curve
 from prototxt import generate
 from prototxt import weights as W
 from spec import MtdnetError
-from spec.fsutil import atomic_write_json, atomic_write_text
+from spec.fsutil import atomic_write_json, atomic_write_text, read_json
+from spec.locks import exclusive
 
 # Layers only an MTDnet-family model has (an ImageNet CaffeNet has conv1..fc8 only).
-MTDNET_MARKERS = ("conv3_pair", "feat", "conv3_rnk")
+MTDNET_MARKERS = ("conv3_pair", "feat", "fc8_rnk")
 
 
 def model_kind(path):
@@ -37,9 +40,9 @@ def model_kind(path):
                       f"(no conv1/conv2; layers: {sorted(names)[:8]}...)")
 
 
-def prepare(run, iters=None, gpu=False):
-    """Write the run's train net and solver (what `caffe train -solver <run>/solver.prototxt` runs);
-    return the solver's (max_iter, random_seed)."""
+def plan(run, iters=None, gpu=False):
+    """The run's train net and solver, checked and written nowhere:
+    (net text, solver text, max_iter, random_seed)."""
     from caffe.proto import caffe_pb2
     if not run.variant.net:
         raise MtdnetError(f"{run.variant.title} has no training of its own: it ranks the "
@@ -48,14 +51,64 @@ def prepare(run, iters=None, gpu=False):
     for d in run.all_data:
         if not d.exists():
             raise MtdnetError(f"{run.project.rel(d.dir)}: prepared data not found; run `{d.make_command()}` first")
-    os.makedirs(run.snapshot_dir, exist_ok=True)
-    atomic_write_text(run.train_net, generate.train_net_text(run))
     s = caffe_pb2.SolverParameter()
     text_format.Merge(generate.solver_text(run, gpu, iters, net=run.project.rel(run.train_net)), s)
     solver_rel = run.project.rel(run.solver)
-    atomic_write_text(run.solver, f"# Run with: caffe train -solver {solver_rel}   (from the project root)\n"
-                      + text_format.MessageToString(s))
-    return s.max_iter, s.random_seed
+    solver = (f"# Run with: caffe train -solver {solver_rel}   (from the project root)\n"
+              + text_format.MessageToString(s))
+    return generate.train_net_text(run), solver, s.max_iter, s.random_seed
+
+
+def _write(run, net, solver):
+    os.makedirs(run.snapshot_dir, exist_ok=True)
+    atomic_write_text(run.train_net, net)
+    atomic_write_text(run.solver, solver)
+
+
+def prepare(run, iters=None, gpu=False):
+    """Write the run's train net and solver (what `caffe train -solver <run>/solver.prototxt` runs);
+    return the solver's (max_iter, random_seed)."""
+    net, solver, max_iter, seed = plan(run, iters, gpu)
+    _write(run, net, solver)
+    return max_iter, seed
+
+
+def _learnable_layers(net_path):
+    """{layer: [param shapes]} of the layers that own learnable parameters (a layer sharing all
+    its parameters by name with an earlier one, like the triplet streams' conv1_p, is left out)."""
+    proto = W.read_net(net_path)
+    with W.instantiate(net_path) as (net, _):
+        shapes = {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
+    seen, owners = set(), {}
+    for layer in proto.layer:
+        if layer.name not in shapes:
+            continue
+        names = [layer.param[j].name if j < len(layer.param) else "" for j in range(len(shapes[layer.name]))]
+        if any(not n or n not in seen for n in names):
+            owners[layer.name] = shapes[layer.name]
+        seen.update(n for n in names if n)
+    return owners
+
+
+def check_finetune_source(run, weights):
+    """A model fine-tuned from must hold every learnable layer of the run's train net, with its
+    shapes: Caffe copies layers by name and would leave the missing ones at their random
+    fillers without a word (and abort on a shape mismatch)."""
+    have = {name: [a.shape for a in arrays] for name, arrays in W.read_caffemodel(weights).items()}
+    need = _learnable_layers(run.train_net)
+    missing = [name for name in need if name not in have]
+    if missing:
+        raise MtdnetError(f"{weights}: has no layer(s) {', '.join(missing)}, which {run.variant.title} "
+                          f"fine-tunes (they would start from random fillers); give a "
+                          f"{run.variant.title} model of profile '{run.profile.name}' (or an ImageNet "
+                          "CaffeNet for conv1/conv2 only)")
+    for name, shapes in need.items():
+        got = have[name]
+        if len(got) != len(shapes) or any(tuple(g) != s and (len(g) != 4 or tuple(g) != (1,) * (4 - len(s)) + s)
+                                          for g, s in zip(got, shapes)):
+            raise MtdnetError(f"{weights}: layer '{name}' has shapes {[tuple(g) for g in got]}, "
+                              f"{run.variant.title} of profile '{run.profile.name}' needs {shapes} "
+                              "(a model of another profile?)")
 
 
 def initial_weights(run, weights):
@@ -76,39 +129,104 @@ def initial_weights(run, weights):
     if run.variant.init == "two_copies":
         W.init_cross_from_mtdnet(weights, run.train_net, out)
         return out, f"both copies from the MTDnet model {weights}"
+    check_finetune_source(run, weights)
     return weights, f"fine-tuned from {weights}"
 
 
-def train(run, iters=None, weights=None, gpu=False, progress=True):
-    """Train a spec.Run (resuming from its newest snapshot); returns the run.json dict."""
-    max_iter, seed = prepare(run, iters, gpu)
+def _same_weights(info, weights):
+    """Whether `weights` is the model the run was started from (run.json)."""
+    recorded = info.get("weights")
+    if recorded:
+        return os.path.realpath(recorded) == os.path.realpath(weights)
+    return bool(info.get("init", "").endswith((" " + weights, " " + os.path.abspath(weights))))
+
+
+def set_aside(run):
+    """Move everything of an earlier run of this name into <run>/previous-<time>/ (nothing is
+    deleted); returns that folder, or None when there was nothing."""
+    if not os.path.isdir(run.dir):
+        return None
+    items = [n for n in os.listdir(run.dir) if not n.startswith("previous-")]
+    if not items:
+        return None
+    base = os.path.join(run.dir, "previous-" + time.strftime("%Y%m%d-%H%M%S"))
+    dest, k = base, 1
+    while os.path.exists(dest):
+        k += 1
+        dest = f"{base}-{k}"
+    os.makedirs(dest)
+    for n in items:
+        os.replace(os.path.join(run.dir, n), os.path.join(dest, n))
+    return dest
+
+
+def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False):
+    """Train a spec.Run, resuming from its newest good snapshot (RESTART: set the old run
+    aside and start again); returns the run.json dict. One command per run at a time."""
+    net, solver, max_iter, seed = plan(run, iters, gpu)   # every check before anything is written
     project = run.project
-    state = caffe_run.latest_snapshot(run.snapshot_prefix)
-    info = json.load(open(run.info)) if os.path.exists(run.info) else {}
-    if state:
-        init = info.get("init", "unknown")
-        print(f"resuming from {project.rel(state)} (initialisation: {init})")
-        init_model = None
-    else:
-        init_model, init = initial_weights(run, weights)
-        print(f"initialisation: {init}")
-    solver_rel = project.rel(run.solver)
-    print(f"run: {project.rel(run.dir)}  (same as: caffe train -solver {solver_rel})")
-    info.update(dataset=run.dataset.name, variant=run.variant.key, profile=run.profile.name,
-                overrides=dict(run.profile.overrides), split=run.split.name,
-                source_split=run.source_split.name, seed=seed, max_iter=max_iter, init=init,
-                solver=solver_rel, data=[project.rel(d.dir) for d in run.all_data], gpu=gpu)
-    atomic_write_json(run.info, info)
-    t0 = time.time()
-    try:
-        it = caffe_run.train(run.solver, run.log, max_iter, run.snapshot_prefix, weights=init_model,
-                             progress=progress, cwd=project.root, caffe=project.caffe)
-    finally:
-        _plot_loss(run.log, run.loss_png, project.rel(run.dir))
-    model = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel")
-    info.update(iterations=it, model=project.rel(model) if model else None,
-                train_seconds=round(info.get("train_seconds", 0) + time.time() - t0, 1))
-    atomic_write_json(run.info, info)
+    rel_dir = project.rel(run.dir)
+    if weights:
+        W.read_caffemodel(weights)   # a clear error now for a missing or broken file
+    with exclusive(run.dir, "make train", label=rel_dir) as lock:
+        info = read_json(run.info, "run record") if os.path.exists(run.info) else {}
+        state = None if restart else caffe_run.good_snapshot(run.snapshot_prefix, project.root)
+        if restart:
+            aside = set_aside(run)
+            if aside:
+                print(f"restart: the earlier run is kept in {project.rel(aside)}")
+            info = {}
+        elif state:
+            done = caffe_run.snapshot_iter(state)
+            if weights and not _same_weights(info, weights):
+                raise MtdnetError(
+                    f"{rel_dir}: already trained to iteration {done} from {info.get('init', 'unknown')}; "
+                    f"it would resume and ignore WEIGHTS={weights}. Add RESTART=1 (--restart) to start "
+                    "again from WEIGHTS (the earlier run is kept in a previous-<time>/ folder), or leave "
+                    "WEIGHTS out to resume.")
+            if done >= max_iter:
+                print(f"{rel_dir}: already at iteration {done} (>= {max_iter} asked): nothing to train. "
+                      f"Model: {info.get('model')}. More iterations: ITERS=<n>; from the start: RESTART=1.")
+                return info
+        created = not os.path.exists(run.dir)
+        try:
+            _write(run, net, solver)
+            if state:
+                init_model, init = None, info.get("init", "unknown")
+                print(f"resuming from {project.rel(state)} (initialisation: {init})")
+            else:
+                init_model, init = initial_weights(run, weights)
+                print(f"initialisation: {init}")
+        except BaseException:
+            if created:   # made by this command a moment ago: leave no empty run behind
+                shutil.rmtree(run.dir, ignore_errors=True)
+            raise
+        solver_rel = project.rel(run.solver)
+        print(f"run: {rel_dir}  (same as: caffe train -solver {solver_rel})")
+        if not state:
+            info["weights"] = os.path.abspath(weights) if weights else None
+        info.update(dataset=run.dataset.name, variant=run.variant.key, profile=run.profile.name,
+                    overrides=dict(run.profile.overrides), split=run.split.name,
+                    source_split=run.source_split.name, seed=seed, max_iter=max_iter, init=init,
+                    solver=solver_rel, data=[project.rel(d.dir) for d in run.all_data], gpu=gpu)
+        atomic_write_json(run.info, info)
+        t0 = time.time()
+        it = None
+        try:
+            it = caffe_run.train(run.solver, run.log, max_iter, run.snapshot_prefix, weights=init_model,
+                                 progress=progress, cwd=project.root, caffe=project.caffe, lock=lock)
+        finally:
+            # Recorded however training ended (done, Ctrl-C, kill, an error): the time adds up
+            # over resumed parts, the iterations are the newest snapshot's.
+            model = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel")
+            info.update(iterations=it if it is not None else caffe_run.snapshot_iter(model) if model else 0,
+                        model=project.rel(model) if model else None,
+                        train_seconds=round(info.get("train_seconds", 0) + time.time() - t0, 1))
+            try:
+                atomic_write_json(run.info, info)
+            except MtdnetError as e:   # e.g. the disk is full: the training error says more
+                print(f"warning: {e}")
+            _plot_loss(run.log, run.loss_png, rel_dir)
     print(f"done: iteration {it}, model {info['model']}, loss curve {project.rel(run.loss_png)}")
     return info
 

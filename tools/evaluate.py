@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet.cli import add_experiment_args, cli_main, run_from_args  # noqa: E402
+from mtdnet.cli import add_experiment_args, bars, cli_main, run_from_args  # noqa: E402
 
 
 def main(argv=None):
@@ -53,11 +53,11 @@ def main(argv=None):
         run = run_from_args(a)
         splits = [s.strip() for s in a.splits.split(",") if s.strip()] if a.splits else \
             E.random_splits_present(run)
-        E.evaluate_splits(run, splits, ev, combine_only=a.combine_only, progress=not a.no_progress)
+        E.evaluate_splits(run, splits, ev, combine_only=a.combine_only, progress=bars(a))
     elif a.select_on_val:
-        E.select_snapshot(run_from_args(a), ev, progress=not a.no_progress)
+        E.select_snapshot(run_from_args(a), ev, progress=bars(a))
     else:
-        E.evaluate(run_from_args(a), ev, progress=not a.no_progress)
+        E.evaluate(run_from_args(a), ev, progress=bars(a))
     return 0
 
 

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet.cli import add_experiment_args, cli_main, overrides, project  # noqa: E402
+from mtdnet.cli import add_experiment_args, bars, cli_main, overrides, project  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -47,7 +47,7 @@ def main(argv=None):
     syn = {"num_ids": a.synthetic_ids, "num_test": a.synthetic_test, "seed": a.synthetic_seed}
     prepare(dataset, get_profile(a.profile, overrides(a)), a.split,
             SplitOptions(a.seed, a.num_splits, a.num_test, a.num_val), project=project(a),
-            root=a.data_root, force=a.force, progress=not a.no_progress, synthetic_params=syn,
+            root=a.data_root, force=a.force, progress=bars(a), synthetic_params=syn,
             argv=sys.argv if argv is None else argv)
 
 

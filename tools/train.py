@@ -5,8 +5,9 @@ Examples:
   python tools/train.py --dataset synthetic --variant mtdnet --profile tiny --iters 300
   python tools/train.py --dataset viper --variant mtdnet --profile cpu \\
       --weights runs/cuhk03-mtdnet-cpu/snapshots/cuhk03_mtdnet_iter_50000.caffemodel
-Re-running the same command resumes from the newest snapshot; Ctrl-C stops
-with a snapshot.
+Re-running the same command resumes from the newest snapshot that loads; Ctrl-C
+(or kill, or a closed terminal) stops with a snapshot. One command per run at a
+time: a second one stops at once ("already running (pid N)").
 """
 import argparse
 import os
@@ -25,9 +26,14 @@ def main():
     ap.add_argument("--weights", help="an ImageNet CaffeNet/AlexNet caffemodel (conv1/conv2 are copied) "
                                       "or an MTDnet model (CUHK03) to fine-tune from")
     ap.add_argument("--gpu", action="store_true", help="solver_mode GPU (needs `make setup CUDA=1`)")
+    ap.add_argument("--restart", action="store_true",
+                    help="start the run again (from --weights or the fillers) instead of resuming; the "
+                         "earlier run is moved into <run>/previous-<time>/, nothing is deleted")
+    ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args()
     from mtdnet import training
-    training.train(run_from_args(a, source_split=a.source_split), a.iters, a.weights, a.gpu)
+    training.train(run_from_args(a, source_split=a.source_split), a.iters, a.weights, a.gpu,
+                   progress=not a.no_progress, restart=a.restart)
 
 
 if __name__ == "__main__":
