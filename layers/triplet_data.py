@@ -24,8 +24,26 @@ param_str (JSON):
              none); cheap augmentation for small data sets such as VIPeR
   seed       RNG seed for the epoch shuffles and mirrors (default 1701)
   shuffle    reshuffle the triplet order every epoch (default true)
+  prefetch   worker processes that build batches ahead of the solver (default
+             0: each batch is built inside forward, on the solver's critical
+             path). With W > 0, worker w builds batches w, w+W, w+2W, ... into
+             shared memory, two ahead; forward only copies one into the tops.
+             Every worker replays the same seeded plan (order, mirrors,
+             shifts), so the batch sequence is the same for any W.
+
+Workers are forked (not spawned: the `caffe` tool embeds Python and its main
+thread holds the GIL while Caffe computes, so Python threads would not run
+during an iteration; forked processes do). They re-open the LMDBs, never
+touch CUDA, and die with the process that forked them.
 """
+import atexit
+import ctypes
+import mmap
+import multiprocessing
 import os
+import signal
+import traceback
+import weakref
 
 import caffe
 import numpy as np
@@ -49,6 +67,7 @@ SCHEMA = {
     "seed": (int, 1701, None),
     "shuffle": (bool, True, None),
     "balance": (bool, False, None),
+    "prefetch": (int, 0, non_negative),
 }
 
 
@@ -153,29 +172,46 @@ class TripletBatcher:
                 self.order = self._new_order()
         return self.triplets[np.asarray(rows)]
 
+    def next_plan(self):
+        """The random decisions of the next batch (triplet rows, mirrors, shifts), drawn
+        from the RNG in a fixed order; `materialize` turns a plan into images without
+        touching the RNG, so prefetch workers replaying the plans give the same batches."""
+        trip = self.next_indices()
+        n, flips, shifts = len(trip), [], []
+        for _ in range(3):
+            flips.append(self.rng.rand(n) < 0.5 if self.mirror else None)
+            shifts.append(self.rng.randint(0, 2 * self.shift + 1, size=(2, n)) if self.shift else None)
+        return trip, flips, shifts
+
+    def materialize(self, plan, out=None):
+        """Three uint8 arrays (N, 3, S, S) of a plan; with `out` (3, N, 3, S, S) float32,
+        also written there (uint8 -> float32 in the copy, exact)."""
+        trip, flips, shifts = plan
+        imgs_all = []
+        for col in range(3):
+            imgs = self.db.images(trip[:, col])
+            if flips[col] is not None:
+                imgs[flips[col]] = imgs[flips[col]][..., ::-1]
+            if shifts[col] is not None:
+                imgs = self._translate(imgs, shifts[col])
+            if out is not None:
+                out[col][...] = imgs
+            imgs_all.append(imgs)
+        return imgs_all
+
     def next_batch_uint8(self):
         """Three uint8 arrays (N, 3, S, S): anchors, positives, negatives.
 
         Mirrored as uint8 and converted to float only when copied into the
         tops: a quarter of the memory traffic of mirroring floats.
         """
-        trip = self.next_indices()
-        out = []
-        for col in range(3):
-            imgs = self.db.images(trip[:, col])
-            if self.mirror:
-                flip = self.rng.rand(len(imgs)) < 0.5
-                imgs[flip] = imgs[flip][..., ::-1]
-            if self.shift:
-                imgs = self._translate(imgs)
-            out.append(imgs)
-        return out
+        return self.materialize(self.next_plan())
 
-    def _translate(self, imgs):
-        """Each image moved by (dy, dx) in [-shift, shift]^2, edges replicated."""
+    def _translate(self, imgs, shift):
+        """Each image moved by (dy, dx) = shift[:, i] - s, in [-s, s]^2, edges replicated."""
         s, (n, _, h, w) = self.shift, imgs.shape
         padded = np.pad(imgs, ((0, 0), (0, 0), (s, s), (s, s)), mode="edge")
-        dy, dx = self.rng.randint(0, 2 * s + 1, size=(2, n))
+        dy, dx = shift
         rows = (dy[:, None] + np.arange(h))[:, None, :, None]
         cols = (dx[:, None] + np.arange(w))[:, None, None, :]
         return padded[np.arange(n)[:, None, None, None], np.arange(3)[None, :, None, None], rows, cols]
@@ -183,6 +219,93 @@ class TripletBatcher:
     def next_batch(self):
         """Three float32 arrays (N, 3, S, S): anchors, positives, negatives."""
         return [imgs.astype(np.float32) for imgs in self.next_batch_uint8()]
+
+
+def _die_with_parent():
+    """SIGTERM this process when the thread that forked it exits (Linux prctl)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _prefetch_worker(make_batcher, w, workers, depth, buf, shape, full, empty, errors, parent):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C / SIGHUP stop the solver, not us
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _die_with_parent()
+    if os.getppid() != parent:
+        os._exit(0)
+    try:
+        batcher = make_batcher()                     # its own LMDB handles: never share them across fork
+        per_slot = int(np.prod(shape))
+        k = j = 0
+        while True:
+            plan = batcher.next_plan()               # every worker replays every plan (cheap) ...
+            if k % workers == w:                     # ... and builds only its own batches
+                empty.acquire()
+                view = np.frombuffer(buf, np.float32, per_slot, (j % depth) * per_slot * 4).reshape(shape)
+                batcher.materialize(plan, out=view)
+                full.release()
+                j += 1
+            k += 1
+    except BaseException:
+        try:
+            errors.put(f"prefetch worker {w}: {traceback.format_exc()}")
+        finally:
+            os._exit(1)
+
+
+def _stop_workers(procs):
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=5)
+
+
+class Prefetcher:
+    """Batches from `workers` forked processes, in the order a single batcher gives them.
+
+    make_batcher() -> a fresh TripletBatcher (called in each worker); shape: (N, 3, S, S).
+    """
+
+    def __init__(self, make_batcher, shape, workers, depth=2):
+        ctx = multiprocessing.get_context("fork")
+        self.workers, self.depth = workers, depth
+        self.shape = (3,) + tuple(shape)
+        self.per_slot = int(np.prod(self.shape))
+        self.bufs = [mmap.mmap(-1, self.per_slot * 4 * depth) for _ in range(workers)]   # MAP_SHARED
+        self.full = [ctx.Semaphore(0) for _ in range(workers)]
+        self.empty = [ctx.Semaphore(depth) for _ in range(workers)]
+        self.errors = ctx.SimpleQueue()
+        self.procs = [ctx.Process(target=_prefetch_worker, daemon=True, name=f"mtdnet-prefetch-{w}",
+                                  args=(make_batcher, w, workers, depth, self.bufs[w], self.shape,
+                                        self.full[w], self.empty[w], self.errors, os.getpid()))
+                      for w in range(workers)]
+        for p in self.procs:
+            p.start()
+        self.k = 0
+        self._finalize = weakref.finalize(self, _stop_workers, self.procs)
+        atexit.register(self._finalize)
+
+    def next_into(self, tops):
+        """Copy the next batch into three blobs' data (or arrays)."""
+        w, j = self.k % self.workers, self.k // self.workers
+        while not self.full[w].acquire(timeout=2.0):
+            if not self.procs[w].is_alive():
+                msg = self.errors.get() if not self.errors.empty() else \
+                    f"prefetch worker {w} exited (code {self.procs[w].exitcode})"
+                raise RuntimeError(f"TripletDataLayer: {msg}")
+        view = np.frombuffer(self.bufs[w], np.float32, self.per_slot,
+                             (j % self.depth) * self.per_slot * 4).reshape(self.shape)
+        for i in range(3):
+            dst = tops[i] if isinstance(tops[i], np.ndarray) else tops[i].data
+            dst[...] = view[i]
+        self.empty[w].release()
+        self.k += 1
+
+    def close(self):
+        self._finalize()
 
 
 class TripletDataLayer(caffe.Layer):
@@ -203,6 +326,13 @@ class TripletDataLayer(caffe.Layer):
         self.batcher = TripletBatcher(db, trip, p["batch_size"], p["mirror"], p["seed"], p["shuffle"],
                                       p["shift"])
         self.shape = (p["batch_size"],) + tuple(db.shape)
+        self.prefetcher = None
+        if p["prefetch"]:
+            def make_batcher():
+                db, trip = open_sources(p["source"], p["triplets"], p["balance"], p["seed"])
+                return TripletBatcher(db, trip, p["batch_size"], p["mirror"], p["seed"], p["shuffle"],
+                                      p["shift"])
+            self.prefetcher = Prefetcher(make_batcher, self.shape, p["prefetch"])
         self.reshape(bottom, top)
 
     def reshape(self, bottom, top):
@@ -211,6 +341,9 @@ class TripletDataLayer(caffe.Layer):
             top[i].reshape(*self.shape)
 
     def forward(self, bottom, top):
+        if self.prefetcher is not None:
+            self.prefetcher.next_into(top)
+            return
         for i, arr in enumerate(self.batcher.next_batch_uint8()):
             top[i].data[...] = arr      # uint8 -> float32 in the copy, exact
 

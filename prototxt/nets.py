@@ -240,6 +240,8 @@ def data_layer(n, sources, triplets, batch, profile, seed, d=""):
         params["balance"] = True
     if profile.shift:
         params["shift"] = profile.shift
+    if profile.prefetch_workers:
+        params["prefetch"] = profile.prefetch_workers
     tops = L.Python(ntop=3, python_param=dict(
         module="layers.triplet_data", layer="TripletDataLayer", param_str=json.dumps(params, sort_keys=True)))
     for name, t in zip(DATA_TOPS, tops):
@@ -252,7 +254,39 @@ def _triplet_loss(n, feats, profile, weight, name="trp_loss"):
                              dict(margin=profile.margin), loss_weight=weight))
 
 
-def mtdnet_body(n, data, profile, trp_weight, d="", frozen=False, order="blocked", losses=True):
+def pair_regroup(n, norms, profile, batch, order, d=""):
+    """(pairs, labels): the triplets' (N, C, H, W) trunk outputs as 2N pairs of 2C channels and
+    their labels (1: anchor-positive, 0: anchor-negative) in `order` (layers/pair_regroup.py).
+
+    profile.pair_regroup "python": the PairRegroupLayer (host memory, numpy). "caffe": the same
+    rows from plain Caffe layers (Concat, Reshape, DummyData), which stay on the GPU in GPU
+    mode; the anchor feeds both pairs, and Caffe's automatic Split sums its two gradients.
+    """
+    if profile.pair_regroup == "python":
+        return _python(norms, "layers.pair_regroup", "PairRegroupLayer", dict(order=order), ntop=2)
+    a, p, neg = norms
+
+    def put(name, top):
+        setattr(n, name + d, top)
+        return top
+    pos = put("pairs_pos", L.Concat(a, p, axis=1))            # (N, 2C, H, W)
+    negs = put("pairs_neg", L.Concat(a, neg, axis=1))
+    const = dict(type="constant")
+    lshape = [batch] if order == "blocked" else [batch, 1]
+    ones = put("pair_ones", L.DummyData(shape=[dict(dim=lshape)], data_filler=[dict(const, value=1.0)]))
+    zeros = put("pair_zeros", L.DummyData(shape=[dict(dim=lshape)], data_filler=[dict(const, value=0.0)]))
+    if order == "blocked":                                    # positive rows 0..N-1, negative N..2N-1
+        return L.Concat(pos, negs, axis=0), L.Concat(ones, zeros, axis=0)
+    # interleaved: pair i's positive at row 2i, its negative at 2i+1: (N, 2, 2C, H, W) -> (2N, 2C, H, W)
+    pos1 = put("pairs_pos_1", L.Reshape(pos, reshape_param=dict(axis=1, num_axes=0, shape=dict(dim=[1]))))
+    neg1 = put("pairs_neg_1", L.Reshape(negs, reshape_param=dict(axis=1, num_axes=0, shape=dict(dim=[1]))))
+    both = put("pairs_both", L.Concat(pos1, neg1, axis=1))
+    lboth = put("pair_labels_both", L.Concat(ones, zeros, axis=1))   # (N, 2)
+    return (L.Reshape(both, reshape_param=dict(axis=0, num_axes=2, shape=dict(dim=[-1]))),
+            L.Reshape(lboth, reshape_param=dict(shape=dict(dim=[-1]))))
+
+
+def mtdnet_body(n, data, profile, trp_weight, d="", frozen=False, order="blocked", losses=True, batch=None):
     """Three trunk streams, the ranking branch and the pair head. Returns (fc7_pair, pair labels).
 
     losses=False (the frozen source copy of MTDnet-cross): no ranking branch,
@@ -265,7 +299,7 @@ def mtdnet_body(n, data, profile, trp_weight, d="", frozen=False, order="blocked
             setattr(n, "feat" + s + d, _fc(x, "feat" + d, profile, "feat", frozen))
             feats.append(getattr(n, "feat" + s + d))
         _triplet_loss(n, feats, profile, trp_weight)
-    pairs, labels = _python(norms, "layers.pair_regroup", "PairRegroupLayer", dict(order=order), ntop=2)
+    pairs, labels = pair_regroup(n, norms, profile, batch, order, d)
     setattr(n, "pairs" + d, pairs)
     setattr(n, "pair_labels" + d, labels)
     fc7, fc8 = upper(n, pairs, "pair", "", d, profile, frozen, stop_at_fc7=not losses)
@@ -285,7 +319,8 @@ def mtdnet_body(n, data, profile, trp_weight, d="", frozen=False, order="blocked
 def mtdnet_net(profile, batch, seed, target, source=None, trp_weight=1):
     """MTDnet (and MTDnet-aug, on mixed data): triplet loss + pair classifier."""
     n = caffe.NetSpec()
-    mtdnet_body(n, data_layer(n, target[0], target[1], batch, profile, seed), profile, trp_weight=trp_weight)
+    mtdnet_body(n, data_layer(n, target[0], target[1], batch, profile, seed), profile, trp_weight=trp_weight,
+                batch=batch)
     return n
 
 
@@ -310,13 +345,13 @@ def cross_net(profile, batch, seed, target, source=None):
     their L2-normalised fc7_pair, labelled by the XNOR of the pairs' labels."""
     n = caffe.NetSpec()
     fc7, labels = mtdnet_body(n, data_layer(n, target[0], target[1], batch, profile, seed), profile,
-                              trp_weight=1)
+                              trp_weight=1, batch=batch)
     # Another seed, so the two data layers do not mirror in lockstep.
     src = data_layer(n, source[0], source[1], batch, profile, seed + 1, d=SRC)
     # Source pairs interleaved, target pairs blocked: the XNOR label is then
     # 1 for half the rows and 0 for the others (blocked twice would give all 1).
     fc7_src, labels_src = mtdnet_body(n, src, profile, None, d=SRC, frozen=True, order="interleaved",
-                                      losses=False)
+                                      losses=False, batch=batch)
     a = l2_normalize(n, fc7, "fc7_pair_l2")
     b = l2_normalize(n, fc7_src, "fc7_pair_l2" + SRC)
     n.cts_labels = _python([labels_src, labels], "layers.xnor_label", "XnorLabelLayer", {},

@@ -16,6 +16,7 @@ from spec.errors import MtdnetError
 # overriding one gives the data directory its own name.
 DATA_FIELDS = ("input_size", "triplets_per_pair", "aug_triplets_per_pair", "source_triplets_per_pair", "seed")
 BIASES = ("release", "caffenet", "zero")
+PAIR_REGROUPS = ("python", "caffe")
 NOT_OVERRIDABLE = ("name", "overrides")
 
 
@@ -73,6 +74,12 @@ class Profile:
     # Training-time augmentation: each image is mirrored at random (as the
     # authors) and, with shift > 0, translated by up to `shift` pixels.
     shift: int = 0
+    # The data path (README, "GPU"): TripletDataLayer worker processes building batches
+    # ahead of the solver (0: in the solver's thread; the batch sequence is the same for
+    # any count), and how pairs are regrouped: "python" (PairRegroupLayer, host memory)
+    # or "caffe" (Concat/Reshape/DummyData, stays on the GPU; identical rows and gradients).
+    prefetch_workers: int = 2
+    pair_regroup: str = "python"
     # ((field, value), ...) set from the command line on top of the named profile.
     overrides: tuple = ()
 
@@ -123,6 +130,8 @@ def _convert(key, value):
         return value
     if key == "biases" and value not in BIASES:
         raise MtdnetError(f"SET: biases={value}; valid: {', '.join(BIASES)}")
+    if key == "pair_regroup" and value not in PAIR_REGROUPS:
+        raise MtdnetError(f"SET: pair_regroup={value}; valid: {', '.join(PAIR_REGROUPS)}")
     try:
         if isinstance(default, bool):
             if value.lower() not in ("0", "1", "true", "false"):
@@ -184,7 +193,8 @@ _TINY = dataclasses.replace(
     _CPU, name="tiny", input_size=63,
     conv1=8, conv2=16, conv3=24, conv4=24, conv5=16, fc6=128, fc7=128, feat=32,
     batch_triplets=16, max_iter=3000, max_iter_cuhk03=3000, snapshot=100, display=10,
-    aug_triplets_per_pair=10)   # the small test sets' aug mix stays within the source's triplets
+    aug_triplets_per_pair=10,   # the small test sets' aug mix stays within the source's triplets
+    prefetch_workers=0)         # tests build many small nets: no worker processes per net
 
 PROFILES = {p.name: p for p in (_PAPER, _CPU, _SCRATCH, _TINY)}
 # What a user trains real data with on a CPU (its generated files are committed, as paper's).

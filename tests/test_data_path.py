@@ -1,0 +1,162 @@
+"""The data path that keeps a GPU busy: prefetching TripletDataLayer, pair regrouping in
+plain Caffe layers, and what GPU=1 says on a build without CUDA.
+
+Prefetch: the same batches, in the same order, for any worker count (forked
+workers replay the seeded plan), through pycaffe and through `caffe train`.
+Regrouping: the Concat/Reshape/DummyData version gives the Python layer's
+forward (pairs and labels) and backward exactly, in both orders.
+"""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import caffe
+
+from layers import triplet_data
+from prototxt import nets
+from spec import MtdnetError, get_profile, get_variant
+
+from tests.helpers import make_image_lmdb, run_caffe
+
+caffe.set_mode_cpu()
+
+
+def _data(tmp_path, n_images=9, size=11, n_trip=13, seed=0):
+    lmdb_path = str(tmp_path / "images.lmdb")
+    make_image_lmdb(lmdb_path, n_images, size, seed=seed)
+    rng = np.random.RandomState(seed)
+    np.save(tmp_path / "t.npy", rng.randint(0, n_images, size=(n_trip, 3)))
+    return lmdb_path, str(tmp_path / "t.npy")
+
+
+def _data_net(tmp_path, params, name="data"):
+    n = caffe.NetSpec()
+    n.data_a, n.data_p, n.data_n = nets._python([], "layers.triplet_data", "TripletDataLayer", params, ntop=3)
+    path = tmp_path / f"{name}.prototxt"
+    path.write_text(str(n.to_proto()))
+    return caffe.Net(str(path), caffe.TRAIN)
+
+
+def _batches(net, count):
+    out = []
+    for _ in range(count):
+        net.forward()
+        out.append([net.blobs[b].data.copy() for b in ("data_a", "data_p", "data_n")])
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_prefetch_gives_the_batches_of_the_solver_thread(tmp_path, workers):
+    """Mirrors, shifts and per-epoch reshuffles included (13 triplets, 5 per batch: 5 epochs)."""
+    lmdb_path, trip = _data(tmp_path)
+    params = dict(source=lmdb_path, triplets=trip, batch_size=5, shift=2, seed=11)
+    plain = _batches(_data_net(tmp_path, params, "plain"), 13)
+    net = _data_net(tmp_path, dict(params, prefetch=workers), "prefetch")
+    pf = net.layers[0].prefetcher
+    assert pf is not None and len(pf.procs) == workers and all(p.is_alive() for p in pf.procs)
+    fetched = _batches(net, 13)
+    for k, (a, b) in enumerate(zip(plain, fetched)):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y, err_msg=f"batch {k}")
+    assert not np.array_equal(plain[0][0], plain[1][0])      # the batches do differ
+    pf.close()
+    assert not any(p.is_alive() for p in pf.procs)
+
+
+def test_prefetch_worker_death_is_a_clear_error(tmp_path):
+    lmdb_path, trip = _data(tmp_path)
+    net = _data_net(tmp_path, dict(source=lmdb_path, triplets=trip, batch_size=5, prefetch=1))
+    net.forward()
+    pf = net.layers[0].prefetcher
+    os.kill(pf.procs[0].pid, signal.SIGKILL)
+    pf.procs[0].join(5)
+    with pytest.raises(RuntimeError, match="prefetch worker 0 exited"):
+        for _ in range(4):                       # at most `depth` batches were ready before the kill
+            net.forward()
+
+
+def test_prefetch_in_caffe_train(tmp_path):
+    """The `caffe` tool embeds Python and holds the GIL while it computes: forked workers still
+    deliver, and the tool's log shows the same losses with and without them."""
+    lmdb_path, trip = _data(tmp_path, n_images=12, size=15, n_trip=20)
+    losses = {}
+    for workers in (0, 2):
+        d = tmp_path / f"w{workers}"
+        d.mkdir()
+        n = caffe.NetSpec()
+        n.data_a, n.data_p, n.data_n = nets._python(
+            [], "layers.triplet_data", "TripletDataLayer",
+            dict(source=lmdb_path, triplets=trip, batch_size=4, seed=5, prefetch=workers), ntop=3)
+        n.diff = caffe.layers.Eltwise(n.data_a, n.data_n, operation=caffe.params.Eltwise.SUM, coeff=[1, -1])
+        n.loss = caffe.layers.Reduction(n.diff, operation=caffe.params.Reduction.ASUM, loss_weight=1)
+        n.silence = caffe.layers.Silence(n.data_p, ntop=0)
+        (d / "net.prototxt").write_text(str(n.to_proto()))
+        (d / "solver.prototxt").write_text(
+            f'net: "{d}/net.prototxt"\nbase_lr: 0\nlr_policy: "fixed"\nmax_iter: 12\ndisplay: 1\nsolver_mode: CPU\n'
+            f'snapshot_after_train: false\n')
+        rc, log = run_caffe(["train", "-solver", str(d / "solver.prototxt")], timeout=120)
+        assert rc == 0, log
+        losses[workers] = [line.split("loss = ")[1] for line in log.splitlines()
+                           if "Iteration" in line and "loss = " in line]
+    assert len(losses[0]) >= 12 and len(set(losses[0])) > 3   # + the final "Iteration 12, loss"
+    assert losses[2] == losses[0]
+
+
+# ---------------------------------------------------------------- pair regrouping
+
+def _regroup_net(tmp_path, mode, order, n=3, c=2, h=2, w=3):
+    prof = get_profile("tiny", [f"pair_regroup={mode}"])
+    ns = caffe.NetSpec()
+    norms = []
+    for name in ("a", "p", "q"):
+        setattr(ns, name, caffe.layers.Input(shape=dict(dim=[n, c, h, w])))
+        norms.append(getattr(ns, name))
+    ns.pairs, ns.labels = nets.pair_regroup(ns, norms, prof, n, order)
+    # A loss that weighs every pair entry and label differently, so any misplaced row shows.
+    ns.weights = caffe.layers.Input(shape=dict(dim=[2 * n, 2 * c, h, w]))
+    ns.weighted = caffe.layers.Eltwise(ns.pairs, ns.weights, operation=caffe.params.Eltwise.PROD)
+    ns.loss = caffe.layers.Reduction(ns.weighted, operation=caffe.params.Reduction.SUM, loss_weight=1)
+    path = tmp_path / f"{mode}_{order}.prototxt"
+    path.write_text("force_backward: true\n" + str(ns.to_proto()))
+    return caffe.Net(str(path), caffe.TRAIN)
+
+
+@pytest.mark.parametrize("order", ["blocked", "interleaved"])
+def test_caffe_regroup_equals_the_python_layer(tmp_path, order):
+    rng = np.random.RandomState(4)
+    inputs = {k: rng.randn(3, 2, 2, 3).astype(np.float32) for k in ("a", "p", "q")}
+    weights = rng.randn(6, 4, 2, 3).astype(np.float32)
+    got = {}
+    for mode in ("python", "caffe"):
+        net = _regroup_net(tmp_path, mode, order)
+        types = {layer.type for layer in net.layers}
+        assert ("Python" in types) == (mode == "python")
+        for k, v in inputs.items():
+            net.blobs[k].data[...] = v
+        net.blobs["weights"].data[...] = weights
+        net.forward()
+        net.backward()
+        got[mode] = [net.blobs["pairs"].data.copy(), net.blobs["labels"].data.copy()] + \
+                    [net.blobs[k].diff.copy() for k in ("a", "p", "q")]
+    for x, y in zip(got["python"], got["caffe"]):
+        np.testing.assert_array_equal(x, y)
+    labels = got["caffe"][1]
+    assert labels.shape == (6,) and labels.sum() == 3
+    assert list(labels[:2]) == ([1, 1] if order == "blocked" else [1, 0])
+
+
+def test_profile_selects_the_regroup_and_prefetch_in_the_train_net():
+    for mode, regroup_types in (("python", {"Python"}), ("caffe", {"Concat", "DummyData"})):
+        prof = get_profile("tiny", [f"pair_regroup={mode}", "prefetch_workers=3"])
+        text = str(nets.train_net(get_variant("mtdnet"), prof, 4, ("x.lmdb", "t.npy")).to_proto())
+        assert json.loads(text.split('param_str: "')[1].split('"\n')[0].replace('\\"', '"'))["prefetch"] == 3
+        assert all(f'type: "{t}"' in text for t in regroup_types)
+        assert ('PairRegroupLayer' in text) == (mode == "python")
+
+
+def test_bad_regroup_name_is_rejected():
+    with pytest.raises(MtdnetError, match="pair_regroup=gpu; valid: python, caffe"):
+        get_profile("tiny", ["pair_regroup=gpu"])
