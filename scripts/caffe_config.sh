@@ -31,6 +31,14 @@ Q ?= @
 CFG
 if [ "$CUDA" = "1" ]; then
   echo "CUDA_DIR := $CUDA_HOME"
+  # CUDA 13's CCCL (thrust/cub) refuses anything older than C++17.
+  echo "NVCCFLAGS += -std=c++17"
+  # cudart/cuBLAS/cuRAND found by rpath (no LD_LIBRARY_PATH); the \$ORIGIN
+  # entries find them beside libcaffe.so in a relocated copy (the device check).
+  for d in "$CUDA_HOME/lib64" "$CUDA_HOME/lib"; do
+    [ -d "$d" ] && echo "LINKFLAGS += -Wl,-rpath,$d"
+  done
+  echo 'LINKFLAGS += -Wl,-rpath,\$$ORIGIN -Wl,-rpath,\$$ORIGIN/../lib'
   printf 'CUDA_ARCH :='
   for a in $ARCHS; do printf ' -gencode arch=compute_%s,code=sm_%s' "$a" "$a"; done
   last="${ARCHS##* }"

@@ -39,3 +39,39 @@ void CopyLayers(caffe::Solver<float>* solver, const std::string& model_list) {
   grep -q 'CopyLayers(solver.get(), FLAGS_weights)' tools/caffe.cpp
 }
 echo "patch_caffe: ok"
+# ----------------------------------------------------------------- CUDA 13
+# Applied only with a second argument "cuda" (make setup CUDA=1). The CPU
+# build's cache key hashes this file only down to the marker line below, so
+# these patches never invalidate a cached CPU build.
+# @@ CUDA-13 patches (marker: keep this line as it is) @@
+[ "${2:-}" = "cuda" ] || exit 0
+# C1. The sdist ships a pre-generated include/caffe/proto/caffe.pb.h from an
+#     older protoc; a compile that finds it before the build's own generated
+#     header fails with protobuf's "older version of protoc" #error. Remove it:
+#     every target depends on the regenerated one under the build directory.
+rm -f include/caffe/proto/caffe.pb.h
+# C2. CUDA 13 removed cudaDeviceProp::clockRate, ::deviceOverlap and
+#     ::kernelExecTimeoutEnabled (Caffe::DeviceQuery prints them). Read the
+#     same facts through cudaDeviceGetAttribute, which CUDA 13 keeps.
+grep -q 'prop.clockRate' src/caffe/common.cpp
+perl -0pi -e 's|<< prop\.clockRate;|<< DeviceAttr(cudaDevAttrClockRate, device);|;
+  s|\(prop\.deviceOverlap \? "Yes" : "No"\)|(DeviceAttr(cudaDevAttrGpuOverlap, device) ? "Yes" : "No")|;
+  s|\(prop\.kernelExecTimeoutEnabled \? "Yes" : "No"\)|(DeviceAttr(cudaDevAttrKernelExecTimeout, device) ? "Yes" : "No")|;
+  s|(void Caffe::DeviceQuery\(\) \{\n  cudaDeviceProp prop;)|static int DeviceAttr(cudaDeviceAttr attr, int device) {\n  int value = 0;\n  CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, device));\n  return value;\n}\n\n$1|' src/caffe/common.cpp
+! grep -q 'prop\.clockRate\|prop\.deviceOverlap\|prop\.kernelExecTimeoutEnabled' src/caffe/common.cpp
+grep -q 'static int DeviceAttr' src/caffe/common.cpp
+# C3. The same three fields in the unit test's device printout (not built by
+#     `make all`, patched so `make test` would compile too).
+sed -i 's/CAFFE_TEST_CUDA_PROP\.clockRate/0/;
+  s/(CAFFE_TEST_CUDA_PROP\.deviceOverlap ? "Yes" : "No")/"?"/;
+  s/(CAFFE_TEST_CUDA_PROP\.kernelExecTimeoutEnabled ? "Yes" : "No")/"?"/' src/caffe/test/test_platform.cpp
+# C4. `caffe device_query` on a machine without a usable GPU died in a glog
+#     CHECK with a stack trace (cudaGetDevice inside SetDevice). Ask
+#     cudaGetDeviceCount first and end with one line naming the reason.
+grep -q '^int device_query() {' tools/caffe.cpp
+perl -0pi -e 's|(int device_query\(\) \{\n  LOG\(INFO\) << "Querying GPUs " << FLAGS_gpu;\n)|$1  {\n    int count = 0;\n    cudaError_t err = cudaGetDeviceCount(&count);\n    if (err != cudaSuccess \|\| count == 0) {\n      std::fprintf(stderr, "caffe device_query: no CUDA device: %s\\n",\n          err != cudaSuccess ? cudaGetErrorString(err) : "the driver reports 0 devices");\n      return 1;\n    }\n  }\n|' tools/caffe.cpp
+grep -q 'caffe device_query: no CUDA device' tools/caffe.cpp
+sed -i '1i #include <cstdio>  // device_query: fprintf (patch C4)' tools/caffe.cpp
+# C5. CUDA 13's CCCL (thrust, cub, libcu++) needs C++17: nvcc gets -std=c++17
+#     from Makefile.config (scripts/caffe_config.sh), not a source patch.
+echo "patch_caffe: CUDA 13 patches ok"

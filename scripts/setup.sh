@@ -4,7 +4,8 @@
 # Environment (all optional):
 #   CUDA=1                 build the GPU variant (no cuDNN)
 #   CUDA_ARCH_LIST="75 80 90"  compute capabilities for CUDA=1
-#   CUDA_HOME=/usr/local/cuda
+#   CUDA_HOME=/usr/local/cuda  a full CUDA toolkit to build with; wins over the
+#                          default for CUDA=1: CUDA 13.0.0 from pinned PyPI wheels
 #   CAFFE_ROOT=/path       use an already built Caffe (its python/ and its caffe tool)
 #   CAFFE_SDIST=/path.tgz  use this local copy of the sdist instead of downloading it
 #   MTDNET_CACHE=dir       where the Caffe build is cached (default ~/.cache/mtdnet)
@@ -21,7 +22,7 @@ CACHE="${MTDNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mtdnet}"
 VENV="${VENV:-$REPO/.venv}"
 PYTHON="${PYTHON:-python3}"
 CUDA="${CUDA:-0}"
-CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+CUDA_HOME="${CUDA_HOME:-}"  # empty: CUDA=1 builds with pinned PyPI wheels (scripts/cuda_wheels.sh)
 CUDA_ARCH_LIST="${CUDA_ARCH_LIST:-75 80 86 89 90}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
 LOGDIR="$CACHE/logs"
@@ -132,12 +133,24 @@ if [ -n "${CAFFE_ROOT:-}" ]; then
   [ -n "$CAFFE_BIN" ] || die "no caffe tool under $CAFFE_ROOT (looked in build/tools, .build_release/tools, distribute/bin)"
   ls "$CAFFE_PY"/caffe/_caffe*.so >/dev/null 2>&1 || die "no pycaffe under $CAFFE_PY/caffe (run 'make pycaffe' there)"
 else
+  if [ "$CUDA" = "1" ] && [ -z "$CUDA_HOME" ]; then
+    step "CUDA 13.0.0 toolkit from pinned PyPI wheels (cached)" "$LOGDIR/cuda-wheels.log"
+    CUDA_HOME="$(bash "$REPO/scripts/cuda_wheels.sh" "$VPY" "$CACHE" 2>"$STEP_LOG")" \
+      || die "could not fetch or assemble the CUDA wheels (network?)"
+    echo "    $CUDA_HOME"
+  fi
   read -r NUMPY_MAJOR NUMPY_INC < <("$VPY" -c 'import numpy; print(numpy.__version__.split(".")[0], numpy.get_include())')
   CONFIG_TEXT="$(bash "$REPO/scripts/caffe_config.sh" "$VPY" "$CUDA" "$CUDA_HOME" "$CUDA_ARCH_LIST")"
   # The numpy headers' path names this checkout's venv; the build does not depend
   # on where they were, so another checkout (CI's clone) reuses the same build.
+  # The CPU build hashes patch_caffe.sh only down to its CUDA 13 section, so
+  # adding CUDA patches leaves a cached CPU build valid.
+  patch_text() {
+    if [ "$CUDA" = "1" ]; then cat "$REPO/scripts/patch_caffe.sh"
+    else sed '/^# -* CUDA 13$/,$d' "$REPO/scripts/patch_caffe.sh"; fi
+  }
   KEY="$( { echo "$CAFFE_SDIST_SHA256"; echo "${CONFIG_TEXT//$NUMPY_INC/numpy-include}"; echo "numpy$NUMPY_MAJOR";
-            cat "$REPO/scripts/patch_caffe.sh"; } | sha256sum | cut -c1-16)"
+            patch_text; } | sha256sum | cut -c1-16)"
   VARIANT="cpu"; [ "$CUDA" = "1" ] && VARIANT="cuda"
   BUILD="$CACHE/caffe/$VARIANT-$KEY"
   CAFFE_PY="$BUILD/python"
@@ -159,7 +172,8 @@ else
     PART="$(mktemp -d "$CACHE/caffe/.partial-$VARIANT-$KEY.XXXXXX")"
     : >"$LOG"
     tar xzf "$SDIST" -C "$PART" --strip-components=1 >>"$LOG" 2>&1 || die "could not unpack $SDIST"
-    bash "$REPO/scripts/patch_caffe.sh" "$PART" >>"$LOG" 2>&1 || die "patching the Caffe source failed"
+    PATCH_SET=""; [ "$CUDA" = "1" ] && PATCH_SET="cuda"
+    bash "$REPO/scripts/patch_caffe.sh" "$PART" $PATCH_SET >>"$LOG" 2>&1 || die "patching the Caffe source failed"
     bash "$REPO/scripts/caffe_config.sh" "$VPY" "$CUDA" "$CUDA_HOME" "$CUDA_ARCH_LIST" \
       >"$PART/Makefile.config" || die "could not write Makefile.config"
     echo "    compiling with $JOBS jobs; progress: tail -f $LOG"
