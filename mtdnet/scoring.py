@@ -41,6 +41,8 @@ PAIR_PASSES = 8
 def use_device(gpu=False, device=0):
     """Caffe's mode for the nets built next in this thread: CPU, or GPU `device` (a CUDA build)."""
     if gpu:
+        from mtdnet.gpu import require_gpu_build
+        require_gpu_build()
         caffe.set_device(device)
         caffe.set_mode_gpu()
     else:

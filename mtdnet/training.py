@@ -48,6 +48,9 @@ def plan(run, iters=None, gpu=False):
         raise MtdnetError(f"{run.variant.title} has no training of its own: it ranks the "
                           f"{run.train_variant.title} model. Train VARIANT={run.train_variant.key}, then "
                           f"`make eval VARIANT={run.variant.key}`.")
+    if gpu:
+        from mtdnet.gpu import require_gpu_build
+        require_gpu_build()
     for d in run.all_data:
         if not d.exists():
             raise MtdnetError(f"{run.project.rel(d.dir)}: prepared data not found; run `{d.make_command()}` first")

@@ -160,3 +160,27 @@ def test_profile_selects_the_regroup_and_prefetch_in_the_train_net():
 def test_bad_regroup_name_is_rejected():
     with pytest.raises(MtdnetError, match="pair_regroup=gpu; valid: python, caffe"):
         get_profile("tiny", ["pair_regroup=gpu"])
+
+
+# ---------------------------------------------------------------- GPU=1 on a CPU-only build
+
+from mtdnet import gpu as mgpu  # noqa: E402
+
+cpu_only = pytest.mark.skipif(mgpu.build_has_cuda(), reason="this Caffe is a CUDA build")
+
+
+@cpu_only
+def test_gpu_on_a_cpu_build_is_one_clear_line(tmp_path):
+    import subprocess
+    import sys
+    from spec import REPO_ROOT
+    from mtdnet import scoring
+    with pytest.raises(MtdnetError, match="GPU=1, but this Caffe .* is a CPU-only build"):
+        scoring.use_device(gpu=True)
+    scoring.use_device(gpu=False)
+    p = subprocess.run([sys.executable, "tools/train.py", "--dataset", "synthetic", "--profile", "tiny",
+                        "--gpu", "--no-progress"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, MTDNET_RUNS_DIR=str(tmp_path), MTDNET_DATA_DIR=str(tmp_path)))
+    assert p.returncode != 0
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "CPU-only build" in lines[0] and "make setup CUDA=1" in lines[0], p.stderr
