@@ -27,7 +27,8 @@ param_str (JSON):
   prefetch   worker processes that build batches ahead of the solver (default
              0: each batch is built inside forward, on the solver's critical
              path). With W > 0, worker w builds batches w, w+W, w+2W, ... into
-             shared memory, two ahead; forward only copies one into the tops.
+             shared memory (uint8), two ahead; forward only converts one into
+             the float tops (a quarter of a float copy's reads).
              Every worker replays the same seeded plan (order, mirrors,
              shifts), so the batch sequence is the same for any W.
 
@@ -184,8 +185,8 @@ class TripletBatcher:
         return trip, flips, shifts
 
     def materialize(self, plan, out=None):
-        """Three uint8 arrays (N, 3, S, S) of a plan; with `out` (3, N, 3, S, S) float32,
-        also written there (uint8 -> float32 in the copy, exact)."""
+        """Three uint8 arrays (N, 3, S, S) of a plan; with `out` (3, N, 3, S, S), also
+        written there."""
         trip, flips, shifts = plan
         imgs_all = []
         for col in range(3):
@@ -243,7 +244,7 @@ def _prefetch_worker(make_batcher, w, workers, depth, buf, shape, full, empty, e
             plan = batcher.next_plan()               # every worker replays every plan (cheap) ...
             if k % workers == w:                     # ... and builds only its own batches
                 empty.acquire()
-                view = np.frombuffer(buf, np.float32, per_slot, (j % depth) * per_slot * 4).reshape(shape)
+                view = np.frombuffer(buf, np.uint8, per_slot, (j % depth) * per_slot).reshape(shape)
                 batcher.materialize(plan, out=view)
                 full.release()
                 j += 1
@@ -274,7 +275,7 @@ class Prefetcher:
         self.workers, self.depth = workers, depth
         self.shape = (3,) + tuple(shape)
         self.per_slot = int(np.prod(self.shape))
-        self.bufs = [mmap.mmap(-1, self.per_slot * 4 * depth) for _ in range(workers)]   # MAP_SHARED
+        self.bufs = [mmap.mmap(-1, self.per_slot * depth) for _ in range(workers)]   # MAP_SHARED, uint8
         self.full = [ctx.Semaphore(0) for _ in range(workers)]
         self.empty = [ctx.Semaphore(depth) for _ in range(workers)]
         self.errors = ctx.SimpleQueue()
@@ -289,15 +290,15 @@ class Prefetcher:
         atexit.register(self._finalize)
 
     def next_into(self, tops):
-        """Copy the next batch into three blobs' data (or arrays)."""
+        """Copy the next batch into three blobs' data (or float arrays): uint8 -> float32, exact."""
         w, j = self.k % self.workers, self.k // self.workers
         while not self.full[w].acquire(timeout=2.0):
             if not self.procs[w].is_alive():
                 msg = self.errors.get() if not self.errors.empty() else \
                     f"prefetch worker {w} exited (code {self.procs[w].exitcode})"
                 raise RuntimeError(f"TripletDataLayer: {msg}")
-        view = np.frombuffer(self.bufs[w], np.float32, self.per_slot,
-                             (j % self.depth) * self.per_slot * 4).reshape(self.shape)
+        view = np.frombuffer(self.bufs[w], np.uint8, self.per_slot,
+                             (j % self.depth) * self.per_slot).reshape(self.shape)
         for i in range(3):
             dst = tops[i] if isinstance(tops[i], np.ndarray) else tops[i].data
             dst[...] = view[i]

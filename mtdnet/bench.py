@@ -23,6 +23,12 @@ Parts:
            zeros); also the data layer's batch time alone
   prep     images/s of `make data` (default VIPeR at `cpu`, forced rebuild, temp dir;
            the fastest of 3 builds)
+  datapath the TripletDataLayer's time on the solver's critical path per iteration at
+           `paper` (default): building each batch in the solver's thread (prefetch 0)
+           vs copying a batch that forked workers built ahead (prefetch W), while
+           the solver is busy elsewhere for `compute_s` per iteration (a sleep: on a
+           GPU the solver's CPU mostly waits for the device); also each worker's
+           build time per batch, and that the batches are the same in every mode
   cmc      seconds (fastest of 3) of the vectorised CMC + mAP of an N x N score matrix (default
            10000; scores on a 1e-4 grid, so ties occur) and agreement with the
            test suite's loop implementation on the first probes
@@ -47,7 +53,7 @@ from tqdm import tqdm
 
 from data_prep import synthetic
 from data_prep.build import prepare
-from layers.triplet_data import TripletBatcher, open_sources
+from layers.triplet_data import Prefetcher, TripletBatcher, open_sources
 from mtdnet import caffe_run, cmc, scoring
 from mtdnet.caffelog import caffe_time_ms, iteration_times
 from prototxt import generate, weights
@@ -55,7 +61,7 @@ from spec import REPO_ROOT, MtdnetError, Project, Run, get_dataset, get_profile
 from spec.fsutil import atomic_write_json
 from mtdnet.cli import cli_main
 
-PARTS = ("scoring", "memory", "train", "prep", "cmc")
+PARTS = ("scoring", "memory", "train", "prep", "cmc", "datapath")
 DEFAULT_OUT = os.path.join(REPO_ROOT, "bench", "results.json")
 # The issue's targets: (key, "min" or "max", value).
 TARGETS = (("scoring_speedup_paper", "min", 4.5), ("train_overhead", "max", 0.10),
@@ -82,6 +88,10 @@ class Settings:
     prep_root: str = None
     cmc_size: int = 10000
     cmc_loop_probes: int = 300
+    datapath_profile: str = "paper"
+    datapath_iters: int = 12            # timed iterations per mode
+    datapath_workers: tuple = (1, 2, 4)
+    datapath_compute_s: float = 0.25    # the solver's time per iteration outside the data layer
     seed: int = 1701
     quick: bool = False
 
@@ -91,7 +101,8 @@ def quick_settings(**kw):
     s = dict(blocks={"tiny": (4, 5)}, memory_profile="tiny", memory_probes=30, memory_gallery=200,
              memory_budget_mb=0.25, memory_pair_batches=4, train_profile="tiny", train_iters=3,
              train_warmup=2, train_rounds=1, prep_dataset="synthetic", prep_profile="tiny", cmc_size=400,
-             cmc_loop_probes=400, quick=True)
+             cmc_loop_probes=400, datapath_profile="tiny", datapath_iters=4, datapath_workers=(2,),
+             datapath_compute_s=0.01, quick=True)
     s.update(kw)
     return Settings(**s)
 
@@ -448,8 +459,62 @@ def measure_cmc(size, loop_probes, seed, repeats=3):
                 probes_with_tied_match=ties)
 
 
+def measure_datapath(profile, iters, workers, compute_s, seed):
+    """The data layer's critical-path seconds per iteration without and with prefetch workers."""
+    prof = get_profile(profile)
+    out = dict(profile=profile, batch_triplets=prof.batch_triplets, input_size=prof.input_size,
+               iterations=iters, compute_s=compute_s, cores=os.cpu_count(), modes={})
+    with tempfile.TemporaryDirectory(prefix="mtdnet-bench-datapath-") as tmp:
+        run = Run.create("synthetic", "mtdnet", profile, project=Project(data_dir=os.path.join(tmp, "data")))
+        prepare(run.dataset, run.profile, run.split, project=run.project, root=os.path.join(tmp, "raw"),
+                progress=False, log=_quiet, synthetic_params=dict(num_ids=40, num_test=10))
+        lmdb_path, trip_path = run.data.lmdb, run.data.triplets
+
+        def make_batcher():
+            return TripletBatcher(*open_sources(lmdb_path, trip_path), prof.batch_triplets, seed=seed,
+                                  shift=prof.shift)
+        shape = (prof.batch_triplets,) + tuple(make_batcher().db.shape)
+        out["batch_bytes_float32"] = 3 * int(np.prod(shape)) * 4
+        tops = [np.zeros(shape, np.float32) for _ in range(3)]
+        sums = {}
+        for w in (0,) + tuple(workers):
+            if w:
+                source = Prefetcher(make_batcher, shape, w)
+                fetch = source.next_into
+            else:
+                batcher = make_batcher()
+
+                def fetch(tops):
+                    for i, arr in enumerate(batcher.next_batch_uint8()):
+                        tops[i][...] = arr           # what forward does without prefetch
+            fetch(tops)                              # warm-up (workers start, caches fill)
+            crit, checksum = [], 0.0
+            t_all = time.perf_counter()
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                fetch(tops)
+                crit.append(time.perf_counter() - t0)
+                checksum += float(tops[0][:, :, :8, :8].sum()) + float(tops[2][-1].sum())
+                time.sleep(compute_s)
+            wall = (time.perf_counter() - t_all) / iters
+            if w:
+                source.close()
+            sums[w] = checksum
+            out["modes"][f"prefetch_{w}"] = dict(
+                workers=w, critical_s_per_iter=float(np.mean(crit)), critical_s_median=float(np.median(crit)),
+                critical_s_max=float(np.max(crit)), wall_s_per_iter=wall,
+                share_of_iteration=float(np.mean(crit)) / wall)
+        out["same_batches_all_modes"] = len(set(sums.values())) == 1
+    base = out["modes"]["prefetch_0"]["critical_s_per_iter"]
+    out["build_s_per_batch"] = base
+    best = min(out["modes"].values(), key=lambda m: m["critical_s_per_iter"])
+    out["best_workers"] = best["workers"]
+    out["critical_path_gain"] = base / best["critical_s_per_iter"]
+    return out
+
+
 MEASURES = dict(scoring=measure_scoring, memory=measure_memory, train=measure_train, prep=measure_prep,
-                cmc=measure_cmc)
+                cmc=measure_cmc, datapath=measure_datapath)
 
 
 # ---- parent ------------------------------------------------------------------------
@@ -508,6 +573,10 @@ def _plan(s):
         plan.append(("prep", "prep", dict(dataset=s.prep_dataset, profile=s.prep_profile, root=s.prep_root)))
     if "cmc" in s.parts:
         plan.append(("cmc", "cmc", dict(size=s.cmc_size, loop_probes=s.cmc_loop_probes, seed=s.seed)))
+    if "datapath" in s.parts:
+        plan.append(("datapath", "datapath", dict(profile=s.datapath_profile, iters=s.datapath_iters,
+                                                  workers=list(s.datapath_workers),
+                                                  compute_s=s.datapath_compute_s, seed=s.seed)))
     return plan
 
 
@@ -528,6 +597,10 @@ def summary_keys(results):
             else f"cmc_{results['cmc']['size']}_seconds"] = results["cmc"]["seconds"]
     if "memory" in results:
         out["memory_peak_rss_mb"] = results["memory"]["child_peak_rss_mb"]
+    if "datapath" in results:
+        r = results["datapath"]
+        out["datapath_critical_s_no_prefetch"] = r["modes"]["prefetch_0"]["critical_s_per_iter"]
+        out["datapath_critical_s_prefetch"] = r["modes"][f"prefetch_{r['best_workers']}"]["critical_s_per_iter"]
     return out
 
 
@@ -668,6 +741,14 @@ def table(doc):
         row("cmc", f"{r['size']} x {r['size']} scores, vectorised", f"{r['seconds']:.2f} s",
             key[0] if key else None, r["seconds"])
         row("", f"  loop on {r['loop_probes']} probes agrees", "yes" if r["loop_agrees"] else "NO")
+    if "datapath" in doc:
+        r = doc["datapath"]
+        row("datapath", f"{r['profile']}: data layer on the critical path, s/iter (solver busy "
+            f"{r['compute_s']:g} s/iter)", "")
+        for m in r["modes"].values():
+            row("", f"  prefetch {m['workers']}: mean (max), share of the iteration",
+                f"{m['critical_s_per_iter']:.4f} ({m['critical_s_max']:.3f}), {100 * m['share_of_iteration']:.1f}%")
+        row("", "  same batches in every mode", "yes" if r["same_batches_all_modes"] else "NO")
     m = doc["machine"]
     head = (f"MTDnet benchmarks: {m['cores']} cores, {m['cpu']}, {m['date']}, commit "
             f"{(m['git_commit'] or '?')[:10]}{' (dirty)' if m['git_dirty'] else ''}, "
