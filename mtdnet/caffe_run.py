@@ -80,7 +80,8 @@ def _learnable_sizes(net):
     seen, sizes = set(), []
     for layer in list(net.layer) + list(net.layers):
         for j, blob in enumerate(layer.blobs):
-            name = layer.param[j].name if j < len(layer.param) else ""
+            spec = layer.param[j] if j < len(layer.param) else ""
+            name = getattr(spec, "name", spec)   # V1 layers list the names as plain strings
             if name and name in seen:
                 continue
             seen.add(name)

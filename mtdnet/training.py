@@ -163,6 +163,17 @@ def set_aside(run):
     return dest
 
 
+def _undo_set_aside(run, aside):
+    """Put back what set_aside moved, dropping what this command wrote since (under the lock)."""
+    for n in os.listdir(run.dir):
+        p = os.path.join(run.dir, n)
+        if p != aside and not n.startswith("previous-"):
+            shutil.rmtree(p) if os.path.isdir(p) else os.unlink(p)
+    for n in os.listdir(aside):
+        os.replace(os.path.join(aside, n), os.path.join(run.dir, n))
+    os.rmdir(aside)
+
+
 def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False):
     """Train a spec.Run, resuming from its newest good snapshot (RESTART: set the old run
     aside and start again); returns the run.json dict. One command per run at a time."""
@@ -174,6 +185,7 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
     with exclusive(run.dir, "make train", label=rel_dir) as lock:
         info = read_json(run.info, "run record") if os.path.exists(run.info) else {}
         state = None if restart else caffe_run.good_snapshot(run.snapshot_prefix, project.root)
+        aside = None
         if restart:
             aside = set_aside(run)
             if aside:
@@ -203,6 +215,8 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
         except BaseException:
             if created:   # made by this command a moment ago: leave no empty run behind
                 shutil.rmtree(run.dir, ignore_errors=True)
+            elif aside:   # a restart that cannot start: the earlier run goes back where it was
+                _undo_set_aside(run, aside)
             raise
         solver_rel = project.rel(run.solver)
         print(f"run: {rel_dir}  (same as: caffe train -solver {solver_rel})")

@@ -357,6 +357,11 @@ def test_weights_on_a_run_with_snapshots_needs_restart(data, tmp_path, capsys):
     with pytest.raises(MtdnetError, match="it would resume and ignore WEIGHTS=.*RESTART=1"):
         training.train(run, iters=20, weights=other, progress=False)
     assert listing(run.snapshot_dir) == before
+    # A restart that cannot start (a source lacking MTDnet's layers) puts the earlier run back.
+    rnk = make_model(str(tmp_path / "rnk" / "rnk.caffemodel"), data, variant="rnk")
+    with pytest.raises(MtdnetError, match="has no layer"):
+        training.train(run, iters=20, weights=rnk, progress=False, restart=True)
+    assert listing(run.snapshot_dir) == before and not [n for n in os.listdir(run.dir) if "previous" in n]
     info = training.train(run, iters=20, weights=other, progress=False, restart=True)
     assert info["init"] == f"fine-tuned from {other}" and info["iterations"] == 20
     aside = [n for n in os.listdir(run.dir) if n.startswith("previous-")]
@@ -444,4 +449,4 @@ def test_gpu_on_a_cpu_only_build_is_one_line(data, tmp_path):
     r = subprocess.run(train_cli(data, tmp_path / "runs", "--iters", "2", "--gpu", "--no-progress"),
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     err = one_line_error(r)
-    assert "solver_mode GPU, but this Caffe is a CPU-only build" in err and "make setup CUDA=1" in err
+    assert "CPU-only build" in err and "make setup CUDA=1" in err
