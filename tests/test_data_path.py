@@ -184,3 +184,21 @@ def test_gpu_on_a_cpu_build_is_one_clear_line(tmp_path):
     assert p.returncode != 0
     lines = [x for x in p.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "CPU-only build" in lines[0] and "make setup CUDA=1" in lines[0], p.stderr
+
+
+def test_device_check_rehearses_in_cpu_mode(tmp_path):
+    """scripts/device_check.py's agreement and scoring parts run (CPU mode: both sides on the
+    CPU, so they agree exactly); every tiny train net builds, runs forward and backward."""
+    import subprocess
+    import sys
+    from spec import Project, REPO_ROOT
+    out = tmp_path / "dc.json"
+    p = subprocess.run([sys.executable, "scripts/device_check.py", "--cpu", "--out", str(out),
+                        "--parts", "agreement,scoring"], cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, MTDNET_CAFFE_BIN=Project().caffe))
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    nets_run = [k for k, v in doc["agreement"].items() if isinstance(v, dict) and "max_rel_diff" in v]
+    assert sorted(nets_run) == ["aug", "cls", "cross", "mtdnet", "mtdnet+caffe_regroup", "rnk"], doc["agreement"]
+    assert doc["agreement"]["all_ok"] and doc["summary"]["gpu_cpu_agree"]
+    assert doc["scoring"]["pair"]["score_std"] > 1e-3     # scores that differ, so a mismatch would show
