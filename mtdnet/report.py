@@ -10,12 +10,11 @@ tuning split `val`'s) and writes
 import glob
 import json
 import os
-import shutil
 
 from data_prep.datasets import default_root
 from mtdnet import plots
 from spec import MtdnetError, Split, datasets, variants
-from spec.fsutil import atomic_write_text
+from spec.fsutil import atomic_write_bytes, atomic_write_text
 
 # Table 1 (the paper's rows, titles, types, dataset columns) comes from the variant
 # and dataset registries (spec/variants.py, spec/datasets.py).
@@ -173,9 +172,8 @@ def build_report(runs_dir):
     lines = []
     for d, (r, png) in sorted(best_per_dataset(results).items()):
         dst = os.path.join(runs_dir, f"report_ranked_{d}.png")
-        tmp = dst + ".tmp"
-        shutil.copyfile(png, tmp)
-        os.replace(tmp, dst)
+        with open(png, "rb") as f:
+            atomic_write_bytes(dst, f.read())   # a full disk leaves no partial copy
         written.append(dst)
         lines.append(f"- {dataset_title(d)}: `{os.path.basename(dst)}` "
                      f"(from `{r['run']}`, {r['protocol']} protocol, rank-1 {r['rank1']:.2f})")
