@@ -1,7 +1,5 @@
 # MTDnet reproduction. `make setup`, `make test`, `make demo`; see README.md and `make help`.
 SHELL := /bin/bash
-# No globbing in recipes: a *_ARGS value is split into words, never expanded into file names.
-.SHELLFLAGS := -f -c
 ifeq ($(origin VENV),undefined)
 VENV := $(CURDIR)/.venv
 endif
@@ -15,7 +13,8 @@ SPLIT ?= paper
 # argument: make passes it in the environment as ARG_<NAME>, copied with $(value ...) so that
 # make expands nothing in it, and the recipes quote it ("$$ARG_WEIGHTS"). No value is ever
 # pasted into the shell's text: quotes, spaces, $ and backticks in it are plain characters.
-# The *_ARGS values are split into words at spaces (no quoting inside them).
+# A *_ARGS value is split into words by tools/with_args.py as a shell would (quotes group
+# words), with nothing in it expanded or run.
 VARS := VENV DATASET PROFILE VARIANT SPLIT SET DATA_ROOT NUM_SPLITS SEED DATA_ARGS ITERS WEIGHTS GPU \
         RESTART TRAIN_ARGS SPLITS PROTOCOL TRIALS MODEL ON SELECT EVAL_ARGS REPORT_ARGS BENCH_ARGS \
         DEMO_ARGS PYTEST_ARGS
@@ -56,12 +55,12 @@ setup:
 
 test:
 	$(NEED_VENV)
-	$(ACTIVATE) python -m pytest -q $$ARG_PYTEST_ARGS tests
+	$(ACTIVATE) python tools/with_args.py PYTEST_ARGS python -m pytest -q tests
 
 # make demo [DEMO_ARGS="--iters 1000"]: data/demo/, runs/demo/ (never a user's data or runs)
 demo:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/demo.py $$ARG_DEMO_ARGS
+	$(ACTIVATE) python tools/with_args.py DEMO_ARGS python tools/demo.py
 
 prototxt:
 	$(NEED_VENV)
@@ -71,34 +70,34 @@ prototxt:
 #           [SPLIT=paper|random|random<k>|testsets|testsets<k>] [NUM_SPLITS=10] [SEED=<n>] [DATA_ARGS=...]
 data:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/prepare_data.py --dataset "$$ARG_DATASET" --profile "$$ARG_PROFILE" \
-	  --split "$$ARG_SPLIT" $(call opt,--set,SET) $(call opt,--data-root,DATA_ROOT) \
-	  $(call opt,--num-splits,NUM_SPLITS) $(call opt,--seed,SEED) $$ARG_DATA_ARGS
+	$(ACTIVATE) python tools/with_args.py DATA_ARGS python tools/prepare_data.py --dataset "$$ARG_DATASET" \
+	  --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) $(call opt,--data-root,DATA_ROOT) \
+	  $(call opt,--num-splits,NUM_SPLITS) $(call opt,--seed,SEED)
 
 # make train DATASET=<d> VARIANT=<v> PROFILE=<p> [SPLIT=paper] [WEIGHTS=<caffemodel>] [ITERS=<n>]
 #            [RESTART=1] [GPU=1] [TRAIN_ARGS=--source-split random0]
 train:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/train.py --dataset "$$ARG_DATASET" --variant "$$ARG_VARIANT" \
-	  --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) $(call opt,--iters,ITERS) \
-	  $(call opt,--weights,WEIGHTS) $(call flag,--restart,RESTART) $(call flag,--gpu,GPU) $$ARG_TRAIN_ARGS
+	$(ACTIVATE) python tools/with_args.py TRAIN_ARGS python tools/train.py --dataset "$$ARG_DATASET" \
+	  --variant "$$ARG_VARIANT" --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) \
+	  $(call opt,--iters,ITERS) $(call opt,--weights,WEIGHTS) $(call flag,--restart,RESTART) $(call flag,--gpu,GPU)
 
 # make eval DATASET=<d> VARIANT=<v> PROFILE=<p> [SPLIT=paper|random<k>|random] [SPLITS=random0,random1,...]
 #           [PROTOCOL=paper|random] [TRIALS=10] [MODEL=<caffemodel>] [ON=val] [SELECT=1] [EVAL_ARGS=...]
 #           ON=val ranks the validation identities; SELECT=1 picks the snapshot on them, then tests it
 eval:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/evaluate.py --dataset "$$ARG_DATASET" --variant "$$ARG_VARIANT" \
-	  --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) $(call opt,--splits,SPLITS) \
-	  $(call opt,--protocol,PROTOCOL) $(call opt,--trials,TRIALS) $(call opt,--model,MODEL) \
-	  $(call opt,--on,ON) $(call flag,--select-on-val,SELECT) $$ARG_EVAL_ARGS
+	$(ACTIVATE) python tools/with_args.py EVAL_ARGS python tools/evaluate.py --dataset "$$ARG_DATASET" \
+	  --variant "$$ARG_VARIANT" --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) \
+	  $(call opt,--splits,SPLITS) $(call opt,--protocol,PROTOCOL) $(call opt,--trials,TRIALS) \
+	  $(call opt,--model,MODEL) $(call opt,--on,ON) $(call flag,--select-on-val,SELECT)
 
 # make report [REPORT_ARGS=--runs-dir <dir>]: runs/report.md, report_cmc.png, report_ranked_<dataset>.png
 report:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/report.py $$ARG_REPORT_ARGS
+	$(ACTIVATE) python tools/with_args.py REPORT_ARGS python tools/report.py
 
 # make bench [BENCH_ARGS="--parts scoring,cmc --blocks paper=8x8 ..."]: bench/results.json (tools/bench.py --help)
 bench:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/bench.py $$ARG_BENCH_ARGS
+	$(ACTIVATE) python tools/with_args.py BENCH_ARGS python tools/bench.py

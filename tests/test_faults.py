@@ -394,18 +394,22 @@ def test_a_fine_tune_source_must_hold_every_layer_the_variant_trains(data, tmp_p
 def test_make_values_reach_the_tools_intact(tmp_path):
     odd = tmp_path / "it's `touch PWNED` $HOME $(shell touch PWNED2) \"q\""
     env = dict(os.environ, MAKEFLAGS="")
+    # A *_ARGS value is split as a shell splits words: quotes group them.
     r = subprocess.run(["make", "-s", "data", "PROFILE=tiny", f"DATA_ROOT={odd}/raw",
-                        f"DATA_ARGS=--data-dir {tmp_path / 'data'} --synthetic-ids 12 --synthetic-test 4"],
+                        f"DATA_ARGS=--data-dir '{tmp_path}/my data' --synthetic-ids 12 --synthetic-test 4"],
                        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
-    manifest = json.load(open(tmp_path / "data" / "synthetic-tiny-paper" / "manifest.json"))
+    manifest = json.load(open(tmp_path / "my data" / "synthetic-tiny-paper" / "manifest.json"))
     assert manifest["inputs"]["root"] == f"{odd}/raw"
+    r = subprocess.run(["make", "-s", "data", "DATA_ARGS=--data-dir 'unclosed"], cwd=REPO_ROOT,
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode != 0 and "error: DATA_ARGS: No closing quotation" in r.stderr
     r = subprocess.run(["make", "-s", "data", "PROFILE=tiny", f"DATASET=synthetic`touch {tmp_path}/PWNED3`"],
                        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode != 0 and f"error: unknown dataset 'synthetic`touch {tmp_path}/PWNED3`'" in r.stderr
     weights = f"{tmp_path}/it's $$ `x`.caffemodel"
     r = subprocess.run(["make", "-s", "train", "PROFILE=tiny", f"WEIGHTS={weights}",
-                        f"TRAIN_ARGS=--data-dir {tmp_path / 'data'} --runs-dir {tmp_path / 'runs'}"],
+                        f"TRAIN_ARGS=--data-dir '{tmp_path}/my data' --runs-dir {tmp_path / 'runs'}"],
                        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert f"error: {weights}: model file not found" in r.stderr, r.stderr
     for name in ("PWNED", "PWNED2", "PWNED3"):
