@@ -5,6 +5,9 @@ data/<dataset>-<profile>-<split>/ (spec.runs.DataSpec names it; CUHK03's
 detected images: <dataset> = cuhk03detected):
   images.lmdb/        one Caffe Datum per image (3 x S x S uint8 BGR), key %08d
   train_triplets.npy  int32 (T, 3) image indices (anchor, positive, negative)
+  mix_triplets.npy    the same for MTDnet-aug's 1:1 mix, as the release built it: a target
+                      dataset's at profile.aug_triplets_per_pair, the source's (CUHK03) at
+                      profile.source_triplets_per_pair
   images.json         one record per LMDB index
   split.json          identities per role, the rule and seed, the evaluation's image lists
   manifest.json       inputs (files, sizes, mtimes), profile, seed, counts, bytes, speed
@@ -27,16 +30,17 @@ from tqdm import tqdm
 
 from spec import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
 from spec.fsutil import atomic_dir, atomic_write_json, read_json
+from spec.locks import exclusive
 from data_prep import imagedb, splitting
 from data_prep.datasets import default_root, get_reader, read_dataset
 from data_prep.records import SPLITS_DIR, load_image, remove_stale_partials, resize_chw
-from spec.locks import exclusive
 from data_prep.triplets import make_triplets
 
-DATA_VERSION = 1   # bump when the output of the same inputs changes: forces rebuilds
+DATA_VERSION = 2   # bump when the output of the same inputs changes: forces rebuilds
 MIRRORING = ("not stored: the training data layer mirrors each image horizontally at random "
              "(p = 0.5, independently per image of a triplet), the paper's fourfold enlargement")
-FILES = ("images.lmdb/data.mdb", "train_triplets.npy", "images.json", "split.json", "manifest.json")
+FILES = ("images.lmdb/data.mdb", "train_triplets.npy", "mix_triplets.npy", "images.json", "split.json",
+         "manifest.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +102,6 @@ def _shared_lmdb(data, lmdb_key):
     return None
 
 
-def _owner(data_mdb):
-    """The split directory an LMDB file was first written for: .../<dir>/images.lmdb/data.mdb."""
-    return os.path.basename(os.path.dirname(os.path.dirname(data_mdb)))
-
 def made_here(out):
     """Whether `out` is a prepared-data folder written by this module (its manifest.json)."""
     try:
@@ -116,6 +116,10 @@ def guard(out):
     return (made_here, "prepared data",
             "Move it away, or prepare into another folder (DATA_ARGS=--data-dir <new folder>).")
 
+
+def _owner(data_mdb):
+    """The split directory an LMDB file was first written for: .../<dir>/images.lmdb/data.mdb."""
+    return os.path.basename(os.path.dirname(os.path.dirname(data_mdb)))
 
 
 def _write_lmdb(lmdb_dir, recs, images, size, desc, progress, map_size):
@@ -136,8 +140,12 @@ def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_siz
     split = splitting.make_split(ds, data.split, seed, opts.num_test, opts.num_val)
     recs, images = splitting.select_images(ds, split)
     split["eval"] = splitting.eval_sets(split, images)
+    spec = data.dataset.spec
     triplets, n_pairs = make_triplets(images, split["train"], prof.triplets_per_pair, seed,
-                                      facts.cameras_known)
+                                      facts.cameras_known, spec.negatives)
+    # Another random stream, so the mix's triplets are not a prefix of the training ones.
+    mix_per_pair = prof.source_triplets_per_pair if spec.source else prof.aug_triplets_per_pair
+    mix, _ = make_triplets(images, split["train"], mix_per_pair, [seed, 1], facts.cameras_known, spec.negatives)
     lmdb_key = _sha([DATA_VERSION, fp["sha256"], prof.input_size,
                      [(im["path"], im["label"]) for im in images]])
     remove_stale_partials(out)
@@ -159,11 +167,12 @@ def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_siz
                                                   tag, progress, map_size)
                 rate, lmdb_written = n / max(secs, 1e-9), lmdb_bytes
             np.save(os.path.join(tmp, "train_triplets.npy"), triplets)
+            np.save(os.path.join(tmp, "mix_triplets.npy"), mix)
             atomic_write_json(os.path.join(tmp, "images.json"), images)
             atomic_write_json(os.path.join(tmp, "split.json"), split)
             count = lambda role: sum(im["role"] == role for im in images)
             other = sum(os.path.getsize(os.path.join(tmp, f))
-                        for f in ("train_triplets.npy", "images.json", "split.json"))
+                        for f in ("train_triplets.npy", "mix_triplets.npy", "images.json", "split.json"))
             manifest = {
                 "dataset": facts.key, "dataset_name": facts.name, "options": facts.options,
                 "split": name, "seed": seed, "profile": prof.to_dict(), "input_size": prof.input_size,
@@ -174,7 +183,8 @@ def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_siz
                     "images": {"train": count("train"), "val": count("val"), "test": count("test"),
                                "total": len(images)},
                     "pairs": n_pairs, "triplets": int(len(triplets)),
-                    "triplets_per_pair": prof.triplets_per_pair,
+                    "triplets_per_pair": prof.triplets_per_pair, "negatives": spec.negatives,
+                    "mix_triplets": int(len(mix)), "mix_triplets_per_pair": mix_per_pair,
                 },
                 "bytes": {"images_lmdb": lmdb_bytes, "per_image": round(lmdb_bytes / max(n, 1), 1),
                           "other_files": other, "written": lmdb_written + other},
@@ -238,6 +248,8 @@ def prepare(dataset, profile, split, opts=SplitOptions(), *, project=None, root=
         key = _sha({"version": DATA_VERSION, "dataset": dataset.key, "options": dataset.option_dict,
                     "split": s.name, "seed": seed, **opts.key(),
                     "input_size": prof.input_size, "triplets_per_pair": prof.triplets_per_pair,
+                    "mix_per_pair": [prof.aug_triplets_per_pair, prof.source_triplets_per_pair],
+                    "negatives": dataset.spec.negatives,
                     "inputs": fp["sha256"], "root": fp["root"], "recorded": fp.get("recorded_split")})
         have = None if force else _up_to_date(out, key)
         if have:

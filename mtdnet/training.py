@@ -127,8 +127,9 @@ def initial_weights(run, weights):
     kind = model_kind(weights)
     out = run.init_model
     if kind == "imagenet":
-        W.init_from_imagenet(weights, run.train_net, out)
-        return out, f"ImageNet conv1/conv2 from {weights}"
+        layers = run.train_variant.imagenet_layers
+        W.init_from_imagenet(weights, run.train_net, out, layers=layers)
+        return out, f"ImageNet {'/'.join(layers)} from {weights}"
     if run.variant.init == "two_copies":
         W.init_cross_from_mtdnet(weights, run.train_net, out)
         return out, f"both copies from the MTDnet model {weights}"

@@ -74,6 +74,9 @@ class Profile:
     # Training-time augmentation: each image is mirrored at random (as the
     # authors) and, with shift > 0, translated by up to `shift` pixels.
     shift: int = 0
+    # `caffe time` of the MTDnet train net per iteration on the project's 2-core machine
+    # (README, "Nets and solvers"): what `make table1 DRY_RUN=1` estimates times with.
+    seconds_per_iter: float = 23.2
     # The data path (README, "GPU"): TripletDataLayer worker processes building batches
     # ahead of the solver (0: in the solver's thread; the batch sequence is the same for
     # any count), and how pairs are regrouped: "python" (PairRegroupLayer, host memory)
@@ -174,7 +177,7 @@ _CPU = dataclasses.replace(
     _PAPER, name="cpu", input_size=127,
     conv1=24, conv2=64, conv3=96, conv4=96, conv5=64, fc6=1024, fc7=1024, feat=128,
     max_iter=5000, max_iter_cuhk03=50000, input_scale=1 / 256, weight_filler="msra", biases="caffenet",
-    release_solver_exceptions=False)
+    release_solver_exceptions=False, seconds_per_iter=1.0)
 # scratch: cpu's net, tuned for training from scratch on a small set within 45
 # minutes on 2 cores (docs/viper_scratch.md). Chosen on VIPeR's `val` split only
 # (100 of the paper split's training identities held out, 216 trained on): with
@@ -183,7 +186,9 @@ _CPU = dataclasses.replace(
 # biases let it learn within ~300, and lr 0.003 (x3) speeds both losses (val
 # rank-1 at 500 iterations, pair score / triplet feature: cpu 1 / 17, zero
 # biases 7 / 21, zero biases + lr 0.003 10 / 24).
-_SCRATCH = dataclasses.replace(_CPU, name="scratch", base_lr=0.003, max_iter=1600, biases="zero")
+# CUHK03 (its long schedule): 5000 iterations, what 2 hours on the 2 cores allow.
+_SCRATCH = dataclasses.replace(_CPU, name="scratch", base_lr=0.003, max_iter=1600, max_iter_cuhk03=5000,
+                               biases="zero")
 # Tests and `make demo`: norm2 3x3, pool5 1x1; 16 triplets, fc6/fc7 128. Its default
 # iterations are ones that learn: on the synthetic set's 100 test people (chance 1%)
 # MTDnet's pair score ranks rank-1 1% at 300 iterations, 18% at 1500, 24% at 3000
@@ -194,6 +199,7 @@ _TINY = dataclasses.replace(
     conv1=8, conv2=16, conv3=24, conv4=24, conv5=16, fc6=128, fc7=128, feat=32,
     batch_triplets=16, max_iter=3000, max_iter_cuhk03=3000, snapshot=100, display=10,
     aug_triplets_per_pair=10,   # the small test sets' aug mix stays within the source's triplets
+    seconds_per_iter=0.015,
     prefetch_workers=0)         # tests build many small nets: no worker processes per net
 
 PROFILES = {p.name: p for p in (_PAPER, _CPU, _SCRATCH, _TINY)}
