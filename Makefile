@@ -17,7 +17,7 @@ SPLIT ?= paper
 # words), with nothing in it expanded or run.
 VARS := VENV DATASET PROFILE VARIANT SPLIT SET DATA_ROOT NUM_SPLITS SEED DATA_ARGS ITERS WEIGHTS GPU \
         RESTART TRAIN_ARGS SPLITS PROTOCOL TRIALS MODEL ON SELECT EVAL_ARGS REPORT_ARGS BENCH_ARGS \
-        DEMO_ARGS PYTEST_ARGS
+        DEMO_ARGS PYTEST_ARGS TAG SOURCE DRY_RUN
 unexport $(VARS)
 $(foreach v,$(VARS),$(eval export ARG_$(v) = $$(value $(v))))
 # "$(call opt,--iters,ITERS)": the option with the value when ITERS is given, else nothing.
@@ -29,7 +29,7 @@ PY = "$$ARG_VENV/bin/python"
 NEED_VENV = @test -x $(PY) || { echo "no $$ARG_VENV: run 'make setup' first" >&2; exit 1; }
 ACTIVATE = source "$$ARG_VENV/bin/activate" &&
 
-.PHONY: setup test demo prototxt data train eval report bench help
+.PHONY: setup test demo prototxt data train eval report table1 bench help
 
 help:
 	@echo "make setup      system packages, the pinned Caffe build (cached), .venv"
@@ -40,10 +40,12 @@ help:
 	@echo "                  DATASET PROFILE SPLIT [DATA_ROOT=<folder> NUM_SPLITS=10 SEED=<n> SET= DATA_ARGS=]"
 	@echo "make train      train a run into runs/<dataset>-<variant>-<profile>[-<split>]/ (resumes)"
 	@echo "                  DATASET VARIANT PROFILE [SPLIT ITERS=<n> WEIGHTS=<caffemodel> RESTART=1 GPU=1"
-	@echo "                  SET= TRAIN_ARGS=]"
+	@echo "                  SET= TAG=<label> SOURCE=cuhk03detected TRAIN_ARGS=]"
 	@echo "make eval       CMC of a trained run: DATASET VARIANT PROFILE [SPLIT SPLITS=random0,... PROTOCOL"
 	@echo "                  TRIALS=10 MODEL=<caffemodel> ON=val SELECT=1 SET= EVAL_ARGS=]"
 	@echo "make report     runs/report.md: Table 1 with our numbers beside the paper's [REPORT_ARGS=]"
+	@echo "make table1     every stage of the paper for the datasets present, resumable, then the report:"
+	@echo "                  PROFILE=scratch [GPU=1 WEIGHTS=<ImageNet caffemodel> DRY_RUN=1]"
 	@echo "make prototxt   regenerate the committed prototxt/ and solvers/ (paper, scratch)"
 	@echo "make bench      speed and memory on this machine -> bench/results.json [BENCH_ARGS=--quick]"
 	@echo "SET='field=value ...' overrides profile fields in data / train / eval (recorded, tags the run)"
@@ -80,7 +82,8 @@ train:
 	$(NEED_VENV)
 	$(ACTIVATE) python tools/with_args.py TRAIN_ARGS python tools/train.py --dataset "$$ARG_DATASET" \
 	  --variant "$$ARG_VARIANT" --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) \
-	  $(call opt,--iters,ITERS) $(call opt,--weights,WEIGHTS) $(call flag,--restart,RESTART) $(call flag,--gpu,GPU)
+	  $(call opt,--iters,ITERS) $(call opt,--weights,WEIGHTS) $(call flag,--restart,RESTART) $(call flag,--gpu,GPU) \
+	  $(call opt,--tag,TAG) $(call opt,--source,SOURCE)
 
 # make eval DATASET=<d> VARIANT=<v> PROFILE=<p> [SPLIT=paper|random<k>|random] [SPLITS=random0,random1,...]
 #           [PROTOCOL=paper|random] [TRIALS=10] [MODEL=<caffemodel>] [ON=val] [SELECT=1] [EVAL_ARGS=...]
@@ -90,12 +93,19 @@ eval:
 	$(ACTIVATE) python tools/with_args.py EVAL_ARGS python tools/evaluate.py --dataset "$$ARG_DATASET" \
 	  --variant "$$ARG_VARIANT" --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) \
 	  $(call opt,--splits,SPLITS) $(call opt,--protocol,PROTOCOL) $(call opt,--trials,TRIALS) \
-	  $(call opt,--model,MODEL) $(call opt,--on,ON) $(call flag,--select-on-val,SELECT)
+	  $(call opt,--model,MODEL) $(call opt,--on,ON) $(call flag,--select-on-val,SELECT) $(call opt,--tag,TAG)
 
 # make report [REPORT_ARGS=--runs-dir <dir>]: runs/report.md, report_cmc.png, report_ranked_<dataset>.png
 report:
 	$(NEED_VENV)
 	$(ACTIVATE) python tools/with_args.py REPORT_ARGS python tools/report.py
+
+# make table1 PROFILE=scratch [GPU=1] [WEIGHTS=<ImageNet caffemodel>] [DRY_RUN=1]: every stage of the
+#   paper for the datasets present (resumable), then make report; DRY_RUN=1 prints the plan and its times
+table1:
+	$(NEED_VENV)
+	$(ACTIVATE) python tools/table1.py --profile "$$ARG_PROFILE" \
+	  $(call opt,--weights,WEIGHTS) $(call flag,--gpu,GPU) $(call flag,--dry-run,DRY_RUN)
 
 # make bench [BENCH_ARGS="--parts scoring,cmc --blocks paper=8x8 ..."]: bench/results.json (tools/bench.py --help)
 bench:

@@ -66,6 +66,11 @@ def add_experiment_args(ap, *, variant=True, split_help=None):
                          "run's name")
     ap.add_argument("--data-dir", help="the prepared-data folder (default data/)")
     ap.add_argument("--runs-dir", help="the runs folder (default runs/)")
+    if variant:
+        ap.add_argument("--tag", default="", help="a label keeping this run apart from others of the same "
+                        "setting, e.g. its initialisation: runs/<run>@<tag>/")
+        ap.add_argument("--source", help="aug / cross: the source dataset's images, e.g. cuhk03detected "
+                        "(default: CUHK03's labeled images)")
 
 
 def overrides(a):
@@ -79,4 +84,5 @@ def project(a):
 def run_from_args(a, **extra):
     """The spec.Run the parsed options name."""
     return Run.create(a.dataset, a.variant, a.profile, a.split, project=project(a),
-                      overrides=overrides(a), **extra)
+                      overrides=overrides(a), tag=getattr(a, "tag", ""),
+                      source_dataset=getattr(a, "source", None), **extra)

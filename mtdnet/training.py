@@ -226,7 +226,7 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
         info.update(dataset=run.dataset.name, variant=run.variant.key, profile=run.profile.name,
                     overrides=dict(run.profile.overrides), split=run.split.name,
                     source_split=run.source_split.name, seed=seed, max_iter=max_iter, init=init,
-                    solver=solver_rel, data=[project.rel(d.dir) for d in run.all_data], gpu=gpu)
+                    solver=solver_rel, data=[project.rel(d.dir) for d in run.all_data], gpu=gpu, tag=run.tag)
         atomic_write_json(run.info, info)
         t0 = time.time()
         it = None

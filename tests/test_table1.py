@@ -88,3 +88,16 @@ def test_dry_run_cli(shared):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "1. CUHK03 (detected): prepare the data" in p.stdout and "note: VIPeR" in p.stdout
+
+
+def test_make_passes_tag_and_source(shared):
+    """TAG and SOURCE reach the tools: the errors name the tagged run and the chosen source's data."""
+    def make(*args):
+        return subprocess.run(["make", "-s", *args, "PROFILE=tiny", "DATASET=synthetic"], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=300)
+    assert make("data", "DATA_ARGS=--synthetic-ids 20 --synthetic-test 5 --no-progress").returncode == 0
+    p = make("eval", "VARIANT=mtdnet", "TAG=x")
+    assert p.returncode != 0 and "synthetic-mtdnet-tiny@x/snapshots/synthetic_mtdnet_iter_*.caffemodel" in p.stderr
+    assert "TAG=x" in p.stderr
+    p = make("train", "VARIANT=aug", "TAG=x", "SOURCE=cuhk03detected", "ITERS=1")
+    assert p.returncode != 0 and "cuhk03detected-tiny-paper: prepared data not found" in p.stderr
