@@ -72,6 +72,14 @@ grep -q '^int device_query() {' tools/caffe.cpp
 perl -0pi -e 's|(int device_query\(\) \{\n  LOG\(INFO\) << "Querying GPUs " << FLAGS_gpu;\n)|$1  {\n    int count = 0;\n    cudaError_t err = cudaGetDeviceCount(&count);\n    if (err != cudaSuccess \|\| count == 0) {\n      std::fprintf(stderr, "caffe device_query: no CUDA device: %s\\n",\n          err != cudaSuccess ? cudaGetErrorString(err) : "the driver reports 0 devices");\n      return 1;\n    }\n  }\n|' tools/caffe.cpp
 grep -q 'caffe device_query: no CUDA device' tools/caffe.cpp
 sed -i '1i #include <cstdio>  // device_query: fprintf (patch C4)' tools/caffe.cpp
+# C6. This fork's ProposalLayer (Faster R-CNN; MTDnet does not use it) declares
+#     Backward_gpu without defining it, yet proposal_layer.cu instantiates it
+#     (INSTANTIATE_LAYER_GPU_FUNCS): every GPU build fails there ("explicit
+#     instantiation ... but no definition available"). Give it the empty body its
+#     Backward_cpu has.
+grep -q 'Backward_gpu' include/caffe/layers/proposal_layer.hpp
+perl -0pi -e 's|(virtual void Backward_gpu\(const vector<Blob<Dtype>\*>& top,\n\s+const vector<bool>& propagate_down, const vector<Blob<Dtype>\*>& bottom\));|$1 {}|' include/caffe/layers/proposal_layer.hpp
+grep -A1 'Backward_gpu' include/caffe/layers/proposal_layer.hpp | grep -q 'bottom) {}'
 # C5. CUDA 13's CCCL (thrust, cub, libcu++) needs C++17: nvcc gets -std=c++17
 #     from Makefile.config (scripts/caffe_config.sh), not a source patch.
 echo "patch_caffe: CUDA 13 patches ok"
