@@ -202,3 +202,12 @@ def test_device_check_rehearses_in_cpu_mode(tmp_path):
     assert sorted(nets_run) == ["aug", "cls", "cross", "mtdnet", "mtdnet+caffe_regroup", "rnk"], doc["agreement"]
     assert doc["agreement"]["all_ok"] and doc["summary"]["gpu_cpu_agree"]
     assert doc["scoring"]["pair"]["score_std"] > 1e-3     # scores that differ, so a mismatch would show
+
+
+def test_bench_datapath_part_compares_the_same_batches():
+    from mtdnet import bench
+    r = bench.measure_datapath("tiny", 3, [1, 2], 0.0, 1701)
+    assert r["same_batches_all_modes"] is True
+    assert sorted(r["modes"]) == ["prefetch_0", "prefetch_1", "prefetch_2"]
+    assert all(m["critical_s_per_iter"] > 0 for m in r["modes"].values())
+    assert r["batch_bytes_float32"] == 3 * 16 * 3 * 63 * 63 * 4
