@@ -42,6 +42,7 @@ import caffe  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from data_prep.imagedb import write_image_lmdb  # noqa: E402
+from mtdnet.caffelog import iteration_times  # noqa: E402
 from prototxt import nets  # noqa: E402
 from prototxt import weights as W  # noqa: E402
 from spec import get_profile, get_variant  # noqa: E402
@@ -52,8 +53,10 @@ TOL = 1e-4
 
 def sh(args, timeout, env=None):
     t0 = time.time()
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                       env=dict(os.environ, **(env or {})))
+    env = dict(os.environ, **(env or {}))
+    # The caffe tool's embedded Python imports our layers from the repository.
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (REPO, env.get("PYTHONPATH")) if x)
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
     return p.returncode, p.stdout + p.stderr, time.time() - t0
 
 
@@ -186,12 +189,15 @@ def part_agreement(a, tmp):
     return out
 
 
+PAPER = "paper"    # --profile: the train / caffe_time parts' profile (tiny: a quick rehearsal)
+
+
 def _paper_nets(tmp, overrides=()):
-    prof = get_profile("paper", list(overrides))
-    lmdb, trip = random_data(os.path.join(tmp, "paper_data"), 512, prof.input_size, 4000, 3) \
-        if not os.path.exists(os.path.join(tmp, "paper_data", "t.npy")) else \
-        (os.path.join(tmp, "paper_data", "images.lmdb"), os.path.join(tmp, "paper_data", "t.npy"))
-    return prof, (lmdb, trip)
+    prof = get_profile(PAPER, list(overrides))
+    d = os.path.join(tmp, f"{PAPER}_data")
+    if not os.path.exists(os.path.join(d, "t.npy")):
+        random_data(d, 512, prof.input_size, 4000, 3)
+    return prof, (os.path.join(d, "images.lmdb"), os.path.join(d, "t.npy"))
 
 
 def _train(a, tmp, name, iters, overrides):
@@ -207,31 +213,13 @@ def _train(a, tmp, name, iters, overrides):
     with GpuMemory() as mem:
         rc, log, secs = sh([CAFFE, "train", "-solver", solver] + ([] if a.cpu else ["-gpu", "0"]),
                            a.train_timeout, env=dict(GLOG_minloglevel="0", GLOG_logtostderr="1"))
-    times = _iteration_times(log)
-    warm = min(10, max(1, iters // 5))
+    times = iteration_times(log)
+    warm = min(10, iters // 5)
     its = sorted(k for k in times if k >= warm)
     s_per_iter = (times[its[-1]] - times[its[0]]) / (its[-1] - its[0]) if len(its) >= 2 else None
     return dict(rc=rc, iterations=iters, wall_s=secs, s_per_iter=s_per_iter,
                 it_per_s=1 / s_per_iter if s_per_iter else None, peak_gpu_mem_mib=mem.peak,
                 overrides=list(overrides), log_tail=log.strip().splitlines()[-6:] if rc else None)
-
-
-_GLOG = re.compile(r"^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) .*Iteration (\d+) \(")
-
-
-def _iteration_times(log):
-    """{iteration: seconds} of Caffe's display lines ("Iteration N (x iter/s ...), loss")."""
-    out = {}
-    for line in log.splitlines():
-        m = _GLOG.match(line)
-        if m:
-            out[int(m.group(4))] = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
-    if not out:   # older Caffe: "Iteration N, loss = ..."
-        for line in log.splitlines():
-            m = re.match(r"^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) .*Iteration (\d+), loss", line)
-            if m:
-                out[int(m.group(4))] = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
-    return out
 
 
 def part_train(a, tmp):
@@ -254,8 +242,9 @@ def _caffe_time(a, tmp, name, variant, overrides):
     rc, log, secs = sh([CAFFE, "time", "-model", path, "-iterations", str(iters)] + ([] if a.cpu else ["-gpu", "0"]),
                        a.train_timeout, env=dict(GLOG_minloglevel="0", GLOG_logtostderr="1"))
     ms = [float(x) for x in re.findall(r"Iteration: \d+ forward-backward time: ([\d.]+) ms", log)]
-    return dict(rc=rc, iterations=iters, wall_s=secs, s_per_iter=(min(ms) / 1000 if ms else None),
-                s_per_iter_median=(float(np.median(ms)) / 1000 if ms else None),
+    # The mean, as the train runs' s/iter is a mean over their iterations.
+    return dict(rc=rc, iterations=iters, wall_s=secs, s_per_iter=(float(np.mean(ms)) / 1000 if ms else None),
+                s_per_iter_min=(min(ms) / 1000 if ms else None),
                 log_tail=log.strip().splitlines()[-6:] if rc else None)
 
 
@@ -309,10 +298,13 @@ def main():
     ap.add_argument("--cpu", action="store_true", help="rehearsal: CPU mode, 2 paper iterations")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--train-timeout", type=int, default=150)
+    ap.add_argument("--profile", default="paper", help="profile of the train and caffe_time parts")
     a = ap.parse_args()
+    global PAPER
+    PAPER = a.profile
     doc = dict(mode="cpu-rehearsal" if a.cpu else "gpu", started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                python=sys.version.split()[0], numpy=np.__version__, caffe_bin=CAFFE, nvlib=os.environ.get("NVLIB"),
-               host=platform.node(), tolerance=TOL)
+               host=platform.node(), tolerance=TOL, profile=a.profile)
     t_all = time.time()
 
     def save():
