@@ -71,7 +71,7 @@ strip --strip-unneeded "$P"/lib/*.so* "$P/bin/caffe.bin" 2>/dev/null || true
 raw_mb=$(du -sm "$P" | cut -f1)
 mkdir -p "$DEST"
 rm -f "$DEST/pack.tar.xz"
-tar -C "$STAGE" -cf - pack | xz -T2 -9 >"$DEST/pack.tar.xz"
+tar -C "$STAGE" -cf - pack | xz -T1 -9 >"$DEST/pack.tar.xz"
 cp "$REPO/scripts/device_run.sh" "$DEST/run.sh"
 size=$(stat -c %s "$DEST/pack.tar.xz")
 echo "device_pack: $DEST/pack.tar.xz: $((size / 1048576)) MiB (unpacked $raw_mb MiB) from $BUILD"
