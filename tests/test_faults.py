@@ -130,7 +130,7 @@ def start_training(data, runs, *extra):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = os.path.join(runs, "synthetic-mtdnet-tiny")
     log = os.path.join(run, "train.log")
-    assert wait_for(lambda: os.path.exists(log) and "Iteration 20," in open(log).read(), 120), \
+    assert wait_for(lambda: os.path.exists(log) and "Iteration 10," in open(log).read(), 120), \
         p.stderr.read() if p.poll() is not None else "no progress"
     with open(lock_path(run)) as f:
         driver, caffe = [int(x) for x in f.read().split()]
@@ -267,7 +267,7 @@ def test_kill_9_of_the_driver_stops_caffe_with_a_snapshot(data, tmp_path):
     assert wait_for(lambda: not alive(caffe), STOP_WITHIN), "caffe outlived its driver"
     snap = caffe_run.latest_snapshot(os.path.join(run, "snapshots", "synthetic_mtdnet"))
     k = caffe_run.snapshot_iter(snap)
-    assert k >= 20 and caffe_run.check_snapshot(snap, REPO_ROOT) is None
+    assert k >= 10 and caffe_run.check_snapshot(snap, REPO_ROOT) is None
     # The same command resumes from it.
     r = subprocess.run(train_cli(data, tmp_path / "runs", "--iters", str(k + 10), "--no-progress"),
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
@@ -279,7 +279,6 @@ def test_kill_9_of_the_driver_stops_caffe_with_a_snapshot(data, tmp_path):
 def test_sighup_stops_like_ctrl_c_and_the_time_adds_up(data, tmp_path):
     # Progress on: stderr is a pipe here, as when the output is redirected to a file.
     p, caffe, run = start_training(data, tmp_path / "runs")
-    time.sleep(1)
     p.send_signal(signal.SIGHUP)                        # the terminal closed, ssh dropped
     out, err = p.communicate(timeout=STOP_WITHIN + 30)
     assert p.returncode == 1 and "interrupted at iteration" in err and "resume" in err, err
@@ -287,14 +286,14 @@ def test_sighup_stops_like_ctrl_c_and_the_time_adds_up(data, tmp_path):
     assert "Optimization stopped early" in open(os.path.join(run, "train.log")).read()
     first = json.load(open(os.path.join(run, "run.json")))
     k = first["iterations"]
-    assert k >= 20 and first["train_seconds"] >= 1
+    assert k >= 10 and first["train_seconds"] > 0
     assert first["model"].endswith(f"_iter_{k}.caffemodel")
 
-    r = subprocess.run(train_cli(data, tmp_path / "runs", "--iters", str(k + 40)), cwd=REPO_ROOT,
+    r = subprocess.run(train_cli(data, tmp_path / "runs", "--iters", str(k + 20)), cwd=REPO_ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     second = json.load(open(os.path.join(run, "run.json")))
-    assert second["iterations"] == k + 40 and second["train_seconds"] > first["train_seconds"]
+    assert second["iterations"] == k + 20 and second["train_seconds"] > first["train_seconds"]
     # Redirected progress: plain lines, no bar redraws.
     assert "caffe train: iteration" in r.stderr and "\r" not in r.stderr
 
