@@ -221,6 +221,11 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
             raise
         solver_rel = project.rel(run.solver)
         print(f"run: {rel_dir}  (same as: caffe train -solver {solver_rel})")
+        left = max_iter - (caffe_run.snapshot_iter(state) if state else 0)
+        if not gpu:   # how long, before the wait starts
+            print(f"{left} iterations to go: about {_duration(left * run.profile.seconds_per_iter)} on a "
+                  f"2-core CPU ({run.profile.seconds_per_iter:g} s per iteration measured for profile "
+                  f"'{run.profile.name}'); Ctrl-C stops with a snapshot, the same command resumes")
         if not state:
             info["weights"] = os.path.abspath(weights) if weights else None
         info.update(dataset=run.dataset.name, variant=run.variant.key, profile=run.profile.name,
@@ -247,6 +252,14 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
             _plot_loss(run.log, run.loss_png, rel_dir)
     print(f"done: iteration {it}, model {info['model']}, loss curve {project.rel(run.loss_png)}")
     return info
+
+
+def _duration(seconds):
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} hours"
 
 
 def _plot_loss(log, png, title):

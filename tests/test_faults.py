@@ -272,7 +272,7 @@ def test_kill_9_of_the_driver_stops_caffe_with_a_snapshot(data, tmp_path):
     r = subprocess.run(train_cli(data, tmp_path / "runs", "--iters", str(k + 10), "--no-progress"),
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert f"resuming from {snap}" in r.stdout
+    assert f"resuming from {snap}" in r.stdout and "10 iterations to go: about" in r.stdout
     assert json.load(open(os.path.join(run, "run.json")))["iterations"] == k + 10
 
 
