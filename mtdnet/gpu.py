@@ -7,12 +7,13 @@ pycaffe's library answers for both.
 """
 import os
 
+import caffe  # noqa: F401  (loads libcaffe, whose path answers the question)
+
 from spec import MtdnetError
 
 
 def caffe_library():
     """The path of the libcaffe that pycaffe loaded (None if not found)."""
-    import caffe  # noqa: F401  (loads libcaffe)
     try:
         with open("/proc/self/maps") as f:
             for line in f:

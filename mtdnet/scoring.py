@@ -25,6 +25,7 @@ from caffe import layers as L
 from tqdm import tqdm
 
 from mtdnet.cmc import squared_euclidean_distances
+from mtdnet.gpu import require_gpu_build
 from prototxt.weights import read_caffemodel
 from spec import MtdnetError
 
@@ -41,7 +42,6 @@ PAIR_PASSES = 8
 def use_device(gpu=False, device=0):
     """Caffe's mode for the nets built next in this thread: CPU, or GPU `device` (a CUDA build)."""
     if gpu:
-        from mtdnet.gpu import require_gpu_build
         require_gpu_build()
         caffe.set_device(device)
         caffe.set_mode_gpu()

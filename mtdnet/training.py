@@ -18,6 +18,7 @@ import time
 from google.protobuf import text_format
 
 from mtdnet import caffe_run
+from mtdnet.gpu import require_gpu_build
 from mtdnet.plots import plot_loss_curve
 from prototxt import generate
 from prototxt import weights as W
@@ -49,7 +50,6 @@ def plan(run, iters=None, gpu=False):
                           f"{run.train_variant.title} model. Train VARIANT={run.train_variant.key}, then "
                           f"`make eval VARIANT={run.variant.key}`.")
     if gpu:
-        from mtdnet.gpu import require_gpu_build
         require_gpu_build()
     for d in run.all_data:
         if not d.exists():
