@@ -80,6 +80,17 @@ sed -i '1i #include <cstdio>  // device_query: fprintf (patch C4)' tools/caffe.c
 grep -q 'Backward_gpu' include/caffe/layers/proposal_layer.hpp
 perl -0pi -e 's|(virtual void Backward_gpu\(const vector<Blob<Dtype>\*>& top,\n\s+const vector<bool>& propagate_down, const vector<Blob<Dtype>\*>& bottom\));|$1 {}|' include/caffe/layers/proposal_layer.hpp
 grep -A1 'Backward_gpu' include/caffe/layers/proposal_layer.hpp | grep -q 'bottom) {}'
+# C7. Six of the fork's extra layers (HardSigmoid, HardSwish, MaxUnPool,
+#     PixelShuffle, ReLU6, Upsample; MTDnet uses none) declare Forward_gpu and
+#     Backward_gpu but have no .cu file: libcaffe.so links with undefined symbols
+#     and every tool fails to link ("undefined reference to ...::Forward_gpu").
+#     Drop the declarations, so Layer's defaults run their CPU code in GPU mode.
+for h in hardsigmoid hardswish maxunpool pixelshuffle relu6 upsample; do
+  f="include/caffe/layers/${h}_layer.hpp"
+  grep -q 'virtual void Forward_gpu' "$f"
+  perl -0pi -e 's/\n[ \t]*virtual void (Forward|Backward)_gpu\([^;{}]*\);//g' "$f"
+  ! grep -q '_gpu(' "$f"
+done
 # C5. CUDA 13's CCCL (thrust, cub, libcu++) needs C++17: nvcc gets -std=c++17
 #     from Makefile.config (scripts/caffe_config.sh), not a source patch.
 echo "patch_caffe: CUDA 13 patches ok"
