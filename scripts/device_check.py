@@ -56,8 +56,13 @@ def sh(args, timeout, env=None):
     env = dict(os.environ, **(env or {}))
     # The caffe tool's embedded Python imports our layers from the repository.
     env["PYTHONPATH"] = os.pathsep.join(x for x in (REPO, env.get("PYTHONPATH")) if x)
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
-    return p.returncode, p.stdout + p.stderr, time.time() - t0
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+        return p.returncode, p.stdout + p.stderr, time.time() - t0
+    except subprocess.TimeoutExpired as e:     # keep what it printed: the iterations done count
+        text = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                       for x in (e.stdout, e.stderr))
+        return "timeout", text, time.time() - t0
 
 
 def random_data(d, n_images, size, n_trip, seed):
@@ -297,7 +302,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--cpu", action="store_true", help="rehearsal: CPU mode, 2 paper iterations")
     ap.add_argument("--parts", default=",".join(PARTS))
-    ap.add_argument("--train-timeout", type=int, default=150)
+    ap.add_argument("--train-timeout", type=int, default=150,
+                    help="seconds per caffe run; a run cut short keeps the iterations it logged")
     ap.add_argument("--profile", default="paper", help="profile of the train and caffe_time parts")
     a = ap.parse_args()
     global PAPER
