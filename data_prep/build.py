@@ -86,8 +86,7 @@ def _up_to_date(out, key):
 def _shared_lmdb(data, lmdb_key):
     """An LMDB with exactly these images built for a sibling split (same dataset and profile)."""
     out = data.dir
-    sibling = DataSpec(data.dataset, data.profile, Split("paper"), data.project)
-    prefix = sibling.name[:-len("paper")]
+    prefix = data.name[:-len(data.split.name)]
     for m in sorted(glob.glob(os.path.join(glob.escape(os.path.dirname(out)), glob.escape(prefix) + "*",
                                            "manifest.json"))):
         if os.path.dirname(m) == out:

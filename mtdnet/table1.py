@@ -97,12 +97,7 @@ def _evaluated(run, publishable_as=None):
 
 
 def _common(run):
-    words = [f"DATASET={run.dataset.name}", f"PROFILE={run.profile.name}"]
-    if run.profile.overrides:
-        words.append(f"SET={run.profile.tag[1:].replace(',', ' ')}")
-    if run.tag:
-        words.append(f"TAG={run.tag}")
-    return words
+    return [f"DATASET={run.dataset.name}", f"PROFILE={run.profile.name}", *run.make_options()]
 
 
 def chosen_model(run):

@@ -99,7 +99,14 @@ class Profile:
     @property
     def data_tag(self):
         """The part of `tag` that changes the prepared data."""
-        return _tag(tuple(kv for kv in self.overrides if kv[0] in DATA_FIELDS))
+        return _tag(self._data_overrides())
+
+    def set_value(self, data_only=False):
+        """The overrides as `make ... SET=` takes them ('base_lr=0.005 shift=8'; '' for none)."""
+        return " ".join(_assignments(self._data_overrides() if data_only else self.overrides))
+
+    def _data_overrides(self):
+        return tuple(kv for kv in self.overrides if kv[0] in DATA_FIELDS)
 
     def override(self, assignments):
         """A copy with `field=value` strings (or (field, value) pairs) applied and recorded."""
@@ -109,8 +116,7 @@ class Profile:
             changes[key] = _convert(key, value)
         if not changes:
             return self
-        fields = {k: v for k, v in changes.items()}
-        return dataclasses.replace(self, overrides=tuple(sorted(changes.items())), **fields)
+        return dataclasses.replace(self, overrides=tuple(sorted(changes.items())), **changes)
 
 
 def _split_assignment(text):
@@ -153,11 +159,16 @@ def _convert(key, value):
     return value
 
 
-def _tag(pairs):
+def _assignments(pairs):
+    """field=value strings, written so that override() reads them back."""
     def show(v):
         return ":".join(f"{x:g}" for x in v) if isinstance(v, tuple) else \
             f"{v:g}" if isinstance(v, float) else str(v)
-    return "+" + ",".join(f"{k}={show(v)}" for k, v in pairs) if pairs else ""
+    return [f"{k}={show(v)}" for k, v in pairs]
+
+
+def _tag(pairs):
+    return "+" + ",".join(_assignments(pairs)) if pairs else ""
 
 
 _PAPER = Profile(

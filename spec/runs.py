@@ -17,6 +17,7 @@ runs there) when they are inside it.
 import dataclasses
 import os
 import re
+import shlex
 import sys
 
 from spec.datasets import Dataset, get_dataset, names as dataset_names, source_dataset
@@ -111,9 +112,11 @@ class DataSpec:
 
     def make_command(self):
         """The command that prepares it (named in errors)."""
-        opts = f" SET='{self.profile.data_tag[1:]}'" if self.profile.data_tag else ""
-        return (f"make data DATASET={self.dataset.name} PROFILE={self.profile.name} "
-                f"SPLIT={self.split.name}{opts}")
+        words = ["make", "data", f"DATASET={self.dataset.name}", f"PROFILE={self.profile.name}",
+                 f"SPLIT={self.split.name}"]
+        if self.profile.set_value(data_only=True):
+            words.append(f"SET={self.profile.set_value(data_only=True)}")
+        return " ".join(shlex.quote(w) for w in words)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,15 +292,19 @@ class Run:
     def commands(self):
         """make commands that train and evaluate this run (named in messages and records)."""
         def command(target, variant):
-            words = [f"make {target} DATASET={self.dataset.name} VARIANT={variant} PROFILE={self.profile.name}"]
-            if not self.split.is_paper:
-                words.append(f"SPLIT={self.split.name}")
-            if self.profile.overrides:
-                words.append(f"SET='{self.profile.tag[1:]}'")
-            if self.tag:
-                words.append(f"TAG={self.tag}")
-            return " ".join(words)
+            words = ["make", target, f"DATASET={self.dataset.name}", f"VARIANT={variant}",
+                     f"PROFILE={self.profile.name}", *self.make_options()]
+            return " ".join(shlex.quote(w) for w in words)
         return command("train", self.train_variant.key), command("eval", self.variant.key)
+
+    def make_options(self):
+        """The make variables beyond DATASET / VARIANT / PROFILE that name this run."""
+        words = [] if self.split.is_paper else [f"SPLIT={self.split.name}"]
+        if self.profile.overrides:
+            words.append(f"SET={self.profile.set_value()}")
+        if self.tag:
+            words.append(f"TAG={self.tag}")
+        return words
 
 
 def deploy_net_path(profile, kind):
