@@ -155,8 +155,9 @@ def _npz_bytes(**arrays):
     return buf.getvalue()
 
 
-def evaluate(run, ev=Evaluation(), progress=True, log=print):
-    """Score, evaluate and write one evaluation of a spec.Run; returns the cmc.json dict."""
+def evaluate(run, ev=Evaluation(), progress=True, log=print, selected=None):
+    """Score, evaluate and write one evaluation of a spec.Run; returns the cmc.json dict.
+    `selected`: how the model was chosen (select_snapshot), recorded with the result."""
     prof, project = run.profile, run.project
     prepared = load_prepared(run.data)
     seed = prof.seed if ev.seed is None else int(ev.seed)
@@ -215,6 +216,8 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print):
         scorer=ev.scorer if kind == "pair" else "features",
         scored=[int(rows.size), int(cols.size)], score_seconds=round(seconds, 1),
         evaluated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if selected is not None:
+        body["selected"] = selected
 
     atomic_write_bytes(run.result(ev.protocol, "scores", "npz", ev.on),
                        _npz_bytes(scores=scores, rows=rows, cols=cols))
@@ -260,11 +263,8 @@ def select_snapshot(run, ev=Evaluation(), progress=True, log=print):
     plots.plot_selection(curve, best["iteration"], os.path.join(run.result_dir, "select-val.png"),
                          title=f"{run.result_name}: validation rank-1 per snapshot")
     log(f"chosen on validation: iteration {best['iteration']} (val rank-1 {best['rank1']:.2f}%)")
-    body = evaluate(run, dataclasses.replace(ev, on="test", model=run.project.abs(best["model"])), progress, log)
-    body["selected"] = {k: v for k, v in choice.items() if k != "curve"}
-    atomic_write_json(run.result(ev.protocol), body)
-    atomic_write_json(os.path.join(run.result_dir, "cmc.json"), body)
-    return body
+    return evaluate(run, dataclasses.replace(ev, on="test", model=run.project.abs(best["model"])), progress, log,
+                    selected={k: v for k, v in choice.items() if k != "curve"})
 
 
 def pictures(body, run, ev, prepared, trial, scores, rows, cols, probes, gallery, higher):
