@@ -110,6 +110,18 @@ def made_here(out):
     return isinstance(m, dict) and "key" in m and "data_version" in m
 
 
+def outdated(out):
+    """Why the prepared-data folder `out` cannot be trained from as it is (a missing file, an
+    older data version), or None."""
+    missing = [f for f in FILES if not os.path.isfile(os.path.join(out, f))]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    version = read_json(os.path.join(out, "manifest.json")).get("data_version")
+    if version != DATA_VERSION:
+        return f"prepared by an older version of make data (data version {version}, now {DATA_VERSION})"
+    return None
+
+
 def guard(out):
     """atomic_dir's guard: a prepared-data folder replaces only an empty folder or one made here."""
     return (made_here, "prepared data",

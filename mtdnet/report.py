@@ -13,8 +13,8 @@ import os
 
 from data_prep.datasets import default_root
 from mtdnet import plots
-from spec import MtdnetError, Split, datasets, variants
-from spec.fsutil import atomic_write_bytes, atomic_write_text
+from spec import MtdnetError, Project, Run, Split, datasets, variants
+from spec.fsutil import atomic_write_bytes, atomic_write_text, read_json
 
 # Table 1 (the paper's rows, titles, types, dataset columns) comes from the variant
 # and dataset registries (spec/variants.py, spec/datasets.py).
@@ -55,6 +55,53 @@ def split_label(r):
     return f"{r.get('split', 'paper')} split"
 
 
+def origin(r):
+    """Where the trained weights started: what separates Table 1's pre-trained rows from
+    the from-scratch baselines."""
+    if r.get("tag"):
+        return f"pre-trained on {dataset_title(r['tag'])}"
+    init = r.get("init") or ""
+    return "from scratch" if init.startswith("scratch") else "ImageNet" if init.startswith("ImageNet") else init
+
+
+def training_record(r, runs_dir):
+    """(Run, run.json) of the training behind a result, or (None, {}) where it is not under runs_dir."""
+    try:
+        run = Run.create(r["dataset"], r["variant"], r["profile"], r.get("split") or "paper",
+                         overrides=sorted((r.get("overrides") or {}).items()), tag=r.get("tag") or "",
+                         project=Project(runs_dir=runs_dir))
+        info = read_json(run.info, "run description")
+    except (MtdnetError, KeyError):
+        return None, {}
+    src = info.get("source") or _source_of(info, run)
+    if src:
+        run = Run.create(run.dataset, run.variant, run.profile, run.split, info.get("source_split", "paper"),
+                         overrides=(), tag=run.tag, source_dataset=src, project=run.project)
+    return run, info
+
+
+def _source_of(info, run):
+    """The source dataset of an aug / cross run recorded before run.json named it: the one whose
+    prepared-data folder the run read."""
+    if not run.train_variant.source or len(info.get("data") or []) < 2:
+        return None
+    read = os.path.basename(info["data"][1])
+    for name in datasets.names():
+        try:
+            if os.path.basename(Run.create(run.dataset, run.variant, run.profile, run.split, overrides=(),
+                                           source_dataset=name).source_data.dir) == read:
+                return name
+        except MtdnetError:
+            continue
+    return None
+
+
+def reproduce(r, run, info):
+    """The make commands that reproduce a result (train, then eval)."""
+    return run.commands(iters=info.get("iterations"), weights=info.get("weights"),
+                        select=bool(r.get("selected")))
+
+
 def label(r):
     """What a number means: dataset, protocol, split, profile, initialisation, iterations."""
     bits = [dataset_title(r["dataset"]), f"protocol {r['protocol']}"]
@@ -62,13 +109,18 @@ def label(r):
     if n > 1:
         bits.append(f"{n} trials")
     profile = r["profile"] + "".join(f", {k}={v}" for k, v in sorted((r.get("overrides") or {}).items()))
-    bits += [split_label(r), f"profile {profile}", f"init {r.get('init', 'unknown')}",
+    bits += [split_label(r), f"profile {profile}", f"init {_shown(r.get('init', 'unknown'))}",
              f"{_value(r.get('iterations'))} iterations", f"seed {_value(r.get('seed'))}"]
     if r.get("selected"):
         bits.append(f"snapshot chosen on validation rank-1 ({r['selected']['val_rank1']:.2f})")
     if r.get("substitute"):
         bits.append(f"split: {r['substitute']}")
     return ", ".join(bits)
+
+
+def _shown(text):
+    """A recorded description with this checkout's absolute paths made project-relative."""
+    return text.replace(Project().root + os.sep, "")
 
 
 def dataset_key(name):
@@ -88,7 +140,7 @@ def dataset_title(name):
 def setting(r):
     """What makes two numbers comparable within one table row."""
     tag = ",".join(f"{k}={v}" for k, v in sorted((r.get("overrides") or {}).items()))
-    return (r["protocol"], split_label(r), r["profile"] + (f" +{tag}" if tag else ""))
+    return (origin(r), r["protocol"], split_label(r), r["profile"] + (f" +{tag}" if tag else ""))
 
 
 def _value(v):
@@ -101,7 +153,7 @@ def _fmt(x):
     return DASH if x is None else f"{x:.2f}"
 
 
-def table1_markdown(results):
+def table1_markdown(results, runs_dir=None):
     """Markdown: Table 1's columns (rank 1/5/10 per dataset, + synthetic if present),
     each variant's paper row followed by our rows, one per (protocol, split, profile);
     every number of ours carries a note [k] listed under the table."""
@@ -130,8 +182,8 @@ def table1_markdown(results):
                 r = rs[-1]
                 notes.append(r)
                 cells += [_fmt(r[k]) + (f" [{len(notes)}]" if k == "rank1" else "") for k in RANKS]
-            protocol, split, profile = key
-            lines.append(f"| {v.title} | {v.table_type} | ours: {protocol} protocol, {split}, "
+            start, protocol, split, profile = key
+            lines.append(f"| {v.title} | {v.table_type} | ours: {start}, {protocol} protocol, {split}, "
                          f"{profile} profile | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Paper: ImageNet conv1/conv2 initialisation, CUHK03 pre-training for the small sets, "
@@ -141,9 +193,23 @@ def table1_markdown(results):
     for i, r in enumerate(notes, 1):
         std = f", rank-1 std {r['rank1_std']:.2f}" if (r.get("trials", 1) > 1 or r.get("splits")) \
             and r.get("rank1_std") is not None else ""
-        lines.append(f"[{i}] {label(r)}; mAP {r['mAP']:.2f}{std}; gallery {_value(r.get('gallery_size'))} "
-                     f"(`{r['run']}/{os.path.basename(r['path'])}`)  ")
+        run, info = training_record(r, runs_dir) if runs_dir else (None, {})
+        wall = ""
+        if info.get("train_seconds") is not None:
+            wall = f"; wall time: training {_hm(info['train_seconds'])}"
+            if r.get("score_seconds") is not None:
+                wall += f", scoring {_hm(r['score_seconds'])}"
+        lines.append(f"[{i}] {label(r)}; mAP {r['mAP']:.2f}{std}; gallery {_value(r.get('gallery_size'))}"
+                     f"{wall} (`{r['run']}/{os.path.basename(r['path'])}`)  ")
+        if run is not None:
+            train, ev = reproduce(r, run, info)
+            lines.append(f"    reproduce: `{train}` then `{ev}`  ")
     return "\n".join(lines) + "\n"
+
+
+def _hm(seconds):
+    m = int(round(seconds / 60))
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{max(m, 1)} min"
 
 
 def best_per_dataset(results):
@@ -158,33 +224,49 @@ def best_per_dataset(results):
     return best
 
 
-def build_report(runs_dir):
-    """Write report.md, report_cmc.png, report_ranked_<dataset>.png under runs_dir.
+def build_report(runs_dir, out_dir=None):
+    """Write report.md, report_cmc.png, report_ranked_<dataset>.png under out_dir (default:
+    runs_dir). Into another folder (a docs page) it also copies what the notes cite: each
+    result's cmc JSON and its training's run.json, as <run>/<file>.
 
     Returns (markdown, [written paths])."""
     results = find_results(runs_dir)
     if not results:
         raise MtdnetError(f"{runs_dir}: no cmc-<protocol>.json results; run `make eval` first")
+    out_dir = out_dir or runs_dir
+    os.makedirs(out_dir, exist_ok=True)
     written = []
-    cmc_png = os.path.join(runs_dir, "report_cmc.png")
+    cmc_png = os.path.join(out_dir, "report_cmc.png")
     plots.plot_cmc([(f"{r['run']}", r) for r in results], cmc_png, title="CMC of every evaluated run")
     written.append(cmc_png)
     lines = []
     for d, (r, png) in sorted(best_per_dataset(results).items()):
-        dst = os.path.join(runs_dir, f"report_ranked_{d}.png")
-        with open(png, "rb") as f:
-            atomic_write_bytes(dst, f.read())   # a full disk leaves no partial copy
-        written.append(dst)
+        dst = os.path.join(out_dir, f"report_ranked_{d}.png")
+        written.append(_copy(png, dst))
         lines.append(f"- {dataset_title(d)}: `{os.path.basename(dst)}` "
                      f"(from `{r['run']}`, {r['protocol']} protocol, rank-1 {r['rank1']:.2f})")
+    if os.path.realpath(out_dir) != os.path.realpath(runs_dir):
+        for r in results:
+            written.append(_copy(r["path"], os.path.join(out_dir, r["run"], os.path.basename(r["path"]))))
+            run, _ = training_record(r, runs_dir)
+            if run is not None:
+                written.append(_copy(run.info, os.path.join(out_dir, run.name, "run.json")))
     absent = [dataset_title(d) for d in datasets.table1_datasets()
               if not os.path.isdir(default_root(d)) and d not in {dataset_key(r["dataset"]) for r in results}]
     missing = (f"Not available on this machine (no raw data): {', '.join(absent)}; their columns hold the "
                f"paper's numbers only.\n\n" if absent else "")
-    md = ("# MTDnet reproduction: Table 1\n\n" + missing + table1_markdown(results)
+    md = ("# MTDnet reproduction: Table 1\n\n" + missing + table1_markdown(results, runs_dir)
           + "\nCMC curves: `report_cmc.png`. Ranked galleries (probe and top 10, true match framed "
             "in green), best rank-1 per dataset:\n\n" + "\n".join(lines) + "\n")
-    path = os.path.join(runs_dir, "report.md")
+    path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, md)
     written.insert(0, path)
     return md, written
+
+
+def _copy(src, dst):
+    with open(src, "rb") as f:
+        data = f.read()
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    atomic_write_bytes(dst, data)   # a full disk leaves no partial copy
+    return dst

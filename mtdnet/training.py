@@ -17,6 +17,7 @@ import time
 
 from google.protobuf import text_format
 
+from data_prep import build
 from mtdnet import caffe_run
 from mtdnet.gpu import require_gpu_build
 from mtdnet.plots import plot_loss_curve
@@ -54,6 +55,9 @@ def plan(run, iters=None, gpu=False):
     for d in run.all_data:
         if not d.exists():
             raise MtdnetError(f"{run.project.rel(d.dir)}: prepared data not found; run `{d.make_command()}` first")
+        why = build.outdated(d.dir)
+        if why:
+            raise MtdnetError(f"{run.project.rel(d.dir)}: {why}; run `{d.make_command()}` first")
     s = caffe_pb2.SolverParameter()
     text_format.Merge(generate.solver_text(run, gpu, iters, net=run.project.rel(run.train_net)), s)
     solver_rel = run.project.rel(run.solver)
@@ -126,15 +130,16 @@ def initial_weights(run, weights):
         return None, "scratch (fillers)"
     kind = model_kind(weights)
     out = run.init_model
+    shown = run.project.rel(weights)
     if kind == "imagenet":
         layers = run.train_variant.imagenet_layers
         W.init_from_imagenet(weights, run.train_net, out, layers=layers)
-        return out, f"ImageNet {'/'.join(layers)} from {weights}"
+        return out, f"ImageNet {'/'.join(layers)} from {shown}"
     if run.variant.init == "two_copies":
         W.init_cross_from_mtdnet(weights, run.train_net, out)
-        return out, f"both copies from the MTDnet model {weights}"
+        return out, f"both copies from the MTDnet model {shown}"
     check_finetune_source(run, weights)
-    return weights, f"fine-tuned from {weights}"
+    return weights, f"fine-tuned from {shown}"
 
 
 def _same_weights(info, weights):
@@ -142,7 +147,8 @@ def _same_weights(info, weights):
     recorded = info.get("weights")
     if recorded:
         return os.path.realpath(recorded) == os.path.realpath(weights)
-    return bool(info.get("init", "").endswith((" " + weights, " " + os.path.abspath(weights))))
+    return bool(info.get("init", "").endswith((" " + weights, " " + os.path.abspath(weights),
+                                                " " + os.path.relpath(os.path.abspath(weights)))))
 
 
 def set_aside(run):
@@ -231,7 +237,8 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
         info.update(dataset=run.dataset.name, variant=run.variant.key, profile=run.profile.name,
                     overrides=dict(run.profile.overrides), split=run.split.name,
                     source_split=run.source_split.name, seed=seed, max_iter=max_iter, init=init,
-                    solver=solver_rel, data=[project.rel(d.dir) for d in run.all_data], gpu=gpu, tag=run.tag)
+                    solver=solver_rel, data=[project.rel(d.dir) for d in run.all_data], gpu=gpu, tag=run.tag,
+                    source=run.source_data.dataset.name if run.source_data else None)
         atomic_write_json(run.info, info)
         t0 = time.time()
         it = None

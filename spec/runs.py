@@ -289,13 +289,24 @@ class Run:
         """The snapshot prefix a generated (committed) solver writes to, project-relative."""
         return self.project.rel(self.snapshot_prefix)
 
-    def commands(self):
-        """make commands that train and evaluate this run (named in messages and records)."""
-        def command(target, variant):
+    def commands(self, iters=None, weights=None, select=False):
+        """make commands that train and evaluate this run (named in messages and records).
+
+        iters: ITERS= where it is not the profile's; weights: the WEIGHTS= it started from
+        (project-relative where inside the project); select: the eval chose the snapshot."""
+        def command(target, variant, extra):
             words = ["make", target, f"DATASET={self.dataset.name}", f"VARIANT={variant}",
-                     f"PROFILE={self.profile.name}", *self.make_options()]
+                     f"PROFILE={self.profile.name}", *self.make_options(), *extra]
             return " ".join(shlex.quote(w) for w in words)
-        return command("train", self.train_variant.key), command("eval", self.variant.key)
+        train = []
+        if iters is not None and iters != self.solver_settings()[1]:
+            train.append(f"ITERS={iters}")
+        if weights:
+            train.append(f"WEIGHTS={self.project.rel(weights)}")
+        if self.source_dataset is not None and self.train_variant.source:
+            train.append(f"SOURCE={self.source_dataset.name}")
+        return (command("train", self.train_variant.key, train),
+                command("eval", self.variant.key, ["SELECT=1"] if select else []))
 
     def make_options(self):
         """The make variables beyond DATASET / VARIANT / PROFILE that name this run."""

@@ -56,8 +56,8 @@ def test_table_layout_paper_rows_and_ours():
     assert rows[0].split(" | ")[2] == "paper" and "74.68 | 95.99 | 97.47" in rows[0]
     # Ours follow the paper row, one per protocol; VIPeR is the 3rd dataset (columns 9..11).
     assert len(rows) == 3
-    assert "ours: paper protocol, paper split, cpu profile" in rows[1]
-    assert "ours: random protocol, paper split, cpu profile" in rows[2]
+    assert "ours: from scratch, paper protocol, paper split, cpu profile" in rows[1]
+    assert "ours: from scratch, random protocol, paper split, cpu profile" in rows[2]
     cells = [c.strip() for c in rows[1].strip("|").split("|")]
     # Notes are numbered in table order: trp's row (before MTDnet's in Table 1) has [1].
     assert cells[9:12] == ["50.00 [2]", "100.00", "100.00"]          # ranks (1, 1, 2, 3), gallery 4
@@ -81,7 +81,7 @@ def test_split_means_get_their_own_row():
     mean = with_path(result("viper", "mtdnet", splits=3, split="random-mean", iterations=[10, 20, 30]),
                      "viper-mtdnet-cpu-random-mean")
     md = R.table1_markdown([mean])
-    assert "ours: paper protocol, mean of 3 random splits, cpu profile" in md
+    assert "ours: from scratch, paper protocol, mean of 3 random splits, cpu profile" in md
     assert "10/20/30 iterations" in md
 
 
@@ -104,6 +104,45 @@ def test_build_report_writes_table_curves_and_best_ranked_gallery(tmp_path):
             open(os.path.join(best, "ranked-paper.png"), "rb") as b:
         assert a.read() == b.read()                               # the higher rank-1 (cls) is shown
     assert "report_ranked_viper.png` (from `viper-cls-cpu`" in md
+
+
+def test_pre_trained_rows_wall_times_commands_and_a_docs_copy(tmp_path):
+    """Fine-tuned numbers get their own row beside the from-scratch baseline, and each note
+    says how long it trained and which commands reproduce it."""
+    runs = str(tmp_path / "runs")
+    weights = str(tmp_path / "runs" / "cuhk03detected-mtdnet-cpu" / "snapshots" / "m.caffemodel")
+    ft = result("viper", "mtdnet", ranks=(1, 1, 1, 1), tag="cuhk03detected", iterations=1000,
+                init=f"fine-tuned from {weights}", score_seconds=200)
+    write_run(runs, "viper-mtdnet-cpu@cuhk03detected", ft, (0, 0, 200))
+    write_run(runs, "viper-mtdnet-cpu", result("viper", "mtdnet", ranks=(2, 2, 2, 2)), (200, 0, 0))
+    write_run(runs, "viper-cross-cpu@cuhk03detected", dict(ft, variant="cross"))
+    for name, info in (("viper-mtdnet-cpu@cuhk03detected", dict(iterations=1000, weights=weights,
+                                                                train_seconds=3720.0)),
+                       ("viper-cross-cpu@cuhk03detected", dict(iterations=1000, weights=weights,
+                                                               train_seconds=600.0,
+                                                               data=["data/viper-cpu-paper",
+                                                                     "data/cuhk03detected-cpu-paper"]))):
+        with open(os.path.join(runs, name, "run.json"), "w") as f:
+            json.dump(info, f)
+    docs = str(tmp_path / "docs" / "table1")
+    md, written = R.build_report(runs, docs)
+    lines = md.splitlines()
+    rows = [l for l in lines if l.startswith("| MTDnet |")]
+    assert "ours: from scratch, paper protocol" in rows[1] and "0.00 [" in rows[1]
+    assert "ours: pre-trained on CUHK03 (detected), paper protocol" in rows[2] and "100.00 [" in rows[2]
+    k = rows[2].split("100.00 [")[1].split("]")[0]
+    note = lines[lines.index(next(l for l in lines if l.startswith(f"[{k}]"))) + 1]
+    assert next(l for l in lines if l.startswith(f"[{k}]")).count("wall time: training 1 h 02 min, scoring 3 min")
+    assert note.strip() == ("reproduce: `make train DATASET=viper VARIANT=mtdnet PROFILE=cpu TAG=cuhk03detected "
+                            f"ITERS=1000 WEIGHTS={weights}` then `make eval DATASET=viper VARIANT=mtdnet "
+                            "PROFILE=cpu TAG=cuhk03detected`")
+    # The cross run's source dataset comes from the data it read (run.json before it named it).
+    assert "VARIANT=cross PROFILE=cpu TAG=cuhk03detected ITERS=1000 " in md and "SOURCE=cuhk03detected`" in md
+    # The docs copy holds what the notes cite; runs/ is left as it was.
+    assert os.path.isfile(os.path.join(docs, "viper-mtdnet-cpu@cuhk03detected", "cmc-paper.json"))
+    assert os.path.isfile(os.path.join(docs, "viper-mtdnet-cpu@cuhk03detected", "run.json"))
+    assert open(os.path.join(docs, "report.md")).read() == md and not os.path.exists(os.path.join(runs, "report.md"))
+    assert all(p.startswith(docs) for p in written)
 
 
 def test_report_errors(tmp_path):

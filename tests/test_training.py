@@ -70,7 +70,7 @@ def test_fine_tune_and_cross_from_a_cuhk03_model(project):
     ft = train_run(project, "synthetic", "rnk", iters=2, weights=None)
     assert ft["init"].startswith("scratch")
     ft = train_run(project, "synthetic", "aug", source_split="random0", iters=2, weights=model)
-    assert ft["init"] == f"fine-tuned from {model}"
+    assert ft["init"] == f"fine-tuned from {src['model']}"   # project-relative, as recorded
     cross = train_run(project, "synthetic", "cross", source_split="random0", iters=4, weights=model)
     assert cross["init"].startswith("both copies from the MTDnet model")
     # The frozen source copy is still the CUHK03 model after training.
@@ -103,3 +103,31 @@ def test_cli_reports_errors_without_a_traceback():
                        capture_output=True, text=True)
     assert p.returncode == 1
     assert "error: unknown dataset 'nope'" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("damage,msg", [
+    ("mix", "mix_triplets.npy missing"),
+    ("version", "prepared by an older version of make data (data version 1"),
+])
+def test_outdated_source_data_is_refused_before_caffe_starts(project, damage, msg):
+    """MTDnet-aug reads the source's mix triplets: a CUHK03 folder from an older make data
+    must name itself and the command that rebuilds it, not fail inside Caffe."""
+    src = os.path.join(project, "data", f"cuhk03-{PROFILE}-random0")
+    manifest = os.path.join(src, "manifest.json")
+    saved = {f: open(os.path.join(src, f), "rb").read() for f in ("manifest.json", "mix_triplets.npy")}
+    try:
+        if damage == "mix":
+            os.remove(os.path.join(src, "mix_triplets.npy"))
+        else:
+            m = json.load(open(manifest))
+            json.dump(dict(m, data_version=1), open(manifest, "w"))
+        shutil.rmtree(os.path.join(project, "runs", f"synthetic-aug-{PROFILE}"), ignore_errors=True)
+        with pytest.raises(MtdnetError) as e:
+            train_run(project, "synthetic", "aug", source_split="random0", iters=2,
+                      weights=os.path.join(project, "missing-is-not-reached.caffemodel"))
+        assert f"cuhk03-{PROFILE}-random0: {msg}" in str(e.value)
+        assert "make data DATASET=cuhk03" in str(e.value)
+        assert not os.path.exists(os.path.join(project, "runs", f"synthetic-aug-{PROFILE}", "train.log"))
+    finally:
+        for f, b in saved.items():
+            open(os.path.join(src, f), "wb").write(b)

@@ -21,8 +21,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs-dir", default=os.path.join(REPO_ROOT, "runs"),
                     help="the runs folder to report on and write into (default: runs/)")
+    ap.add_argument("--out", default=None,
+                    help="write the report there instead (a docs page), with copies of the result and "
+                         "run records its notes cite")
     a = ap.parse_args(argv)
-    md, written = build_report(os.path.abspath(a.runs_dir))
+    md, written = build_report(os.path.abspath(a.runs_dir), a.out and os.path.abspath(a.out))
     print(md)
     print("wrote " + ", ".join(written), file=sys.stderr)
     return 0
