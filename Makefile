@@ -95,7 +95,7 @@ eval:
 	  $(call opt,--splits,SPLITS) $(call opt,--protocol,PROTOCOL) $(call opt,--trials,TRIALS) \
 	  $(call opt,--model,MODEL) $(call opt,--on,ON) $(call flag,--select-on-val,SELECT) $(call opt,--tag,TAG)
 
-# make report [REPORT_ARGS=--runs-dir <dir>]: runs/report.md, report_cmc.png, report_ranked_<dataset>.png
+# make report [REPORT_ARGS="--runs-dir <dir> --out <dir>"]: runs/report.md, report_cmc[_<dataset>].png, report_ranked_<dataset>.png
 report:
 	$(NEED_VENV)
 	$(ACTIVATE) python tools/with_args.py REPORT_ARGS python tools/report.py

@@ -157,7 +157,7 @@ def test_toy_dataset_and_variant_end_to_end(toy, tmp_project, quiet_log):
     assert (res["dataset"], res["variant"], res["gallery_size"]) == ("toy", "half", toy_registry.N_TEST)
     assert json.load(open(run.result("paper")))["overrides"] == {"base_lr": 0.002}
     md, _ = report.build_report(project.runs_dir)
-    assert "| MTDnet-half | Cls+Rnk | ours: paper protocol, paper split, tiny +base_lr=0.002 profile |" in md
+    assert "| MTDnet-half | Cls+Rnk | ours: from scratch, paper protocol, paper split, tiny +base_lr=0.002 profile |" in md
     assert "Toy r=1" in md
 
 

@@ -94,7 +94,9 @@ def test_build_report_writes_table_curves_and_best_ranked_gallery(tmp_path):
     write_run(runs, "viper-cls-cpu-val", result("viper", "cls", ranks=(1, 1, 1, 1), split="val"), (9, 9, 9))
     md, written = R.build_report(runs)
     names = sorted(os.path.basename(p) for p in written)
-    assert names == ["report.md", "report_cmc.png", "report_ranked_synthetic.png", "report_ranked_viper.png"]
+    assert names == ["report.md", "report_cmc.png", "report_cmc_synthetic.png", "report_cmc_viper.png",
+                     "report_ranked_synthetic.png", "report_ranked_viper.png"]
+    assert "`report_cmc_viper.png`" in md
     with open(os.path.join(runs, "report.md")) as f:
         assert f.read() == md
     assert md.count("[3]") == 2 and "[4]" not in md              # three numbers, each noted once
