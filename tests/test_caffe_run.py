@@ -37,8 +37,11 @@ def _driver(solver, log, max_iter, prefix):
     code = ("import sys; from mtdnet import caffe_run; from mtdnet.cli import cli_main; "
             f"cli_main(lambda: print('FINAL', caffe_run.train({solver!r}, {log!r}, {max_iter}, {prefix!r}, "
             "progress=False)))")
+    # As from a terminal: a shell's background job (`make test &`) starts with SIGINT ignored,
+    # which the child would inherit and Ctrl-C could not reach it.
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_train_runs_to_max_iter_and_resumes_after_a_kill(toy_run):
@@ -77,9 +80,14 @@ def test_ctrl_c_stops_with_a_snapshot(toy_run, sig):
     log = str(tmp / "train.log")
     big = 10 ** 7
     p = _driver(solver(big, snapshot=0), log, big, prefix)
-    assert wait_for(lambda: os.path.exists(log) and "Iteration 5," in open(log).read(), 120)
-    p.send_signal(sig)
-    out, err = p.communicate(timeout=120)
+    try:
+        assert wait_for(lambda: os.path.exists(log) and "Iteration 5," in open(log).read(), 120)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:   # a failed check leaves no training running (its Caffe follows)
+            p.kill()
+            p.wait()
     assert p.returncode == 1, err
     assert "interrupted at iteration" in err and "resume" in err
     snap = caffe_run.latest_snapshot(prefix)
