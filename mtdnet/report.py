@@ -8,13 +8,14 @@ tuning split `val`'s) and writes
   runs/report_cmc_<dataset>.png   the dataset's CMC curves
   runs/report_ranked_<dataset>.png  the ranked gallery of the dataset's best result (rank-1)
 """
+import dataclasses
 import glob
 import json
 import os
 
 from data_prep.datasets import default_root
 from mtdnet import plots
-from spec import MtdnetError, Project, Run, Split, datasets, variants
+from spec import DataSpec, MtdnetError, Project, Run, Split, datasets, variants
 from spec.fsutil import atomic_write_bytes, atomic_write_text, read_json
 
 # Table 1 (the paper's rows, titles, types, dataset columns) comes from the variant
@@ -74,27 +75,20 @@ def training_record(r, runs_dir):
         info = read_json(run.info, "run description")
     except (MtdnetError, KeyError):
         return None, {}
-    src = info.get("source") or _source_of(info, run)
-    if src:
-        run = Run.create(run.dataset, run.variant, run.profile, run.split, info.get("source_split", "paper"),
-                         overrides=(), tag=run.tag, source_dataset=src, project=run.project)
+    if run.train_variant.source:
+        split = Split.parse(info.get("source_split", "paper"))
+        src = info.get("source") or _source_read(info, run.profile, split)
+        if src:
+            run = dataclasses.replace(run, source_dataset=datasets.get_dataset(src), source_split=split)
     return run, info
 
 
-def _source_of(info, run):
-    """The source dataset of an aug / cross run recorded before run.json named it: the one whose
-    prepared-data folder the run read."""
-    if not run.train_variant.source or len(info.get("data") or []) < 2:
-        return None
-    read = os.path.basename(info["data"][1])
-    for name in datasets.names():
-        try:
-            if os.path.basename(Run.create(run.dataset, run.variant, run.profile, run.split, overrides=(),
-                                           source_dataset=name).source_data.dir) == read:
-                return name
-        except MtdnetError:
-            continue
-    return None
+def _source_read(info, profile, split):
+    """The source dataset of an aug / cross run whose run.json predates its `source` field:
+    the one whose prepared-data folder the run read."""
+    read = [os.path.basename(d) for d in (info.get("data") or [])[1:]]
+    return next((name for name in datasets.names()
+                 if os.path.basename(DataSpec(datasets.get_dataset(name), profile, split).dir) in read), None)
 
 
 def reproduce(r, run, info):
@@ -154,10 +148,13 @@ def _fmt(x):
     return DASH if x is None else f"{x:.2f}"
 
 
-def table1_markdown(results, runs_dir=None):
+def table1_markdown(results, records=None):
     """Markdown: Table 1's columns (rank 1/5/10 per dataset, + synthetic if present),
-    each variant's paper row followed by our rows, one per (protocol, split, profile);
-    every number of ours carries a note [k] listed under the table."""
+    each variant's paper row followed by our rows, one per (starting point, protocol, split,
+    profile); every number of ours carries a note [k] listed under the table.
+    records: {result path: (Run, run.json)} of the trainings (training_record), for wall
+    times and the reproducing commands."""
+    records = records or {}
     columns = datasets.table1_datasets()
     columns += sorted({r["dataset"] for r in results} - set(columns))
     head = "| Method | Type | Source | " + " | ".join(
@@ -194,12 +191,12 @@ def table1_markdown(results, runs_dir=None):
     for i, r in enumerate(notes, 1):
         std = f", rank-1 std {r['rank1_std']:.2f}" if (r.get("trials", 1) > 1 or r.get("splits")) \
             and r.get("rank1_std") is not None else ""
-        run, info = training_record(r, runs_dir) if runs_dir else (None, {})
+        run, info = records.get(r["path"], (None, {}))
         wall = ""
         if info.get("train_seconds") is not None:
-            wall = f"; wall time: training {_hm(info['train_seconds'])}"
+            wall = f"; wall time: training {hours_minutes(info['train_seconds'])}"
             if r.get("score_seconds") is not None:
-                wall += f", scoring {_hm(r['score_seconds'])}"
+                wall += f", scoring {hours_minutes(r['score_seconds'])}"
         lines.append(f"[{i}] {label(r)}; mAP {r['mAP']:.2f}{std}; gallery {_value(r.get('gallery_size'))}"
                      f"{wall} (`{r['run']}/{os.path.basename(r['path'])}`)  ")
         if run is not None:
@@ -208,7 +205,8 @@ def table1_markdown(results, runs_dir=None):
     return "\n".join(lines) + "\n"
 
 
-def _hm(seconds):
+def hours_minutes(seconds):
+    """'2 h 05 min' / '7 min' (at least 1 min): wall times in plans and reports."""
     m = int(round(seconds / 60))
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{max(m, 1)} min"
 
@@ -236,6 +234,7 @@ def build_report(runs_dir, out_dir=None):
         raise MtdnetError(f"{runs_dir}: no cmc-<protocol>.json results; run `make eval` first")
     out_dir = out_dir or runs_dir
     os.makedirs(out_dir, exist_ok=True)
+    records = {r["path"]: training_record(r, runs_dir) for r in results}
     written = []
     cmc_png = os.path.join(out_dir, "report_cmc.png")
     plots.plot_cmc([(f"{r['run']}", r) for r in results], cmc_png, title="CMC of every evaluated run")
@@ -256,14 +255,14 @@ def build_report(runs_dir, out_dir=None):
     if os.path.realpath(out_dir) != os.path.realpath(runs_dir):
         for r in results:
             written.append(_copy(r["path"], os.path.join(out_dir, r["run"], os.path.basename(r["path"]))))
-            run, _ = training_record(r, runs_dir)
+            run, _ = records[r["path"]]
             if run is not None:
                 written.append(_copy(run.info, os.path.join(out_dir, run.name, "run.json")))
     absent = [dataset_title(d) for d in datasets.table1_datasets()
               if not os.path.isdir(default_root(d)) and d not in {dataset_key(r["dataset"]) for r in results}]
     missing = (f"Not available on this machine (no raw data): {', '.join(absent)}; their columns hold the "
                f"paper's numbers only.\n\n" if absent else "")
-    md = ("# MTDnet reproduction: Table 1\n\n" + missing + table1_markdown(results, runs_dir)
+    md = ("# MTDnet reproduction: Table 1\n\n" + missing + table1_markdown(results, records)
           + "\nCMC curves per dataset (all of them together: `report_cmc.png`):\n\n" + "\n".join(curves)
           + "\n\nRanked galleries (probe and top 10, true match framed in green), best rank-1 per "
             "dataset:\n\n" + "\n".join(lines) + "\n")

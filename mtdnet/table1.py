@@ -23,6 +23,7 @@ import time
 from data_prep.datasets import default_root
 from mtdnet import caffe_run, models
 from mtdnet.evaluate import SELECT_CANDIDATES
+from mtdnet.report import hours_minutes
 from spec import MtdnetError, Run, datasets, get_profile, variants
 from spec.fsutil import read_json
 
@@ -190,17 +191,12 @@ def describe(steps, notes):
     lines = [f"note: {n}" for n in notes]
     total = 0
     for k, s in enumerate(steps, 1):
-        state = "done" if s.done and s.done() else f"~{_hms(s.seconds)}"
+        state = "done" if s.done and s.done() else f"~{hours_minutes(s.seconds)}"
         if state != "done":
             total += s.seconds
         lines.append(f"{k:2d}. {s.what}: {state}\n    {' '.join(shlex.quote(w) for w in s.command(resolve=False))}")
-    lines.append(f"expected time of what is left on this machine: ~{_hms(total)}")
+    lines.append(f"expected time of what is left on this machine: ~{hours_minutes(total)}")
     return "\n".join(lines)
-
-
-def _hms(seconds):
-    m = int(round(seconds / 60))
-    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{max(m, 1)} min"
 
 
 def run_plan(steps, notes, log=print, cwd=None):
@@ -212,10 +208,10 @@ def run_plan(steps, notes, log=print, cwd=None):
             log(f"[{k}/{len(steps)}] {s.what}: done, skipped")
             continue
         words = s.command()
-        log(f"[{k}/{len(steps)}] {s.what} (~{_hms(s.seconds)}): {' '.join(shlex.quote(w) for w in words)}")
+        log(f"[{k}/{len(steps)}] {s.what} (~{hours_minutes(s.seconds)}): {' '.join(shlex.quote(w) for w in words)}")
         t0 = time.time()
         rc = subprocess.call(words, cwd=cwd)
         if rc != 0:
             raise MtdnetError(f"step {k} ({s.what}) failed (exit {rc}); fix it and run `make table1` again: "
                               "finished steps are kept and skipped")
-        log(f"[{k}/{len(steps)}] {s.what}: {_hms(time.time() - t0)}")
+        log(f"[{k}/{len(steps)}] {s.what}: {hours_minutes(time.time() - t0)}")
