@@ -75,12 +75,14 @@ def targets_present():
     return present, absent
 
 
-def _trained(run, publishable=False):
+def _trained(run, iterations, publishable=False):
+    # Done at the plan's iterations: a run stopped early, or trained with a smaller ITERS,
+    # is resumed from its newest snapshot by the same `make train`.
     def done():
         if publishable and models.published(run):
             return True     # the repository's copy (models/<run>/) stands for it
         info = read_json(run.info, "run description") if os.path.exists(run.info) else {}
-        return bool(info.get("iterations")) and info.get("iterations") >= info.get("max_iter", 1 << 60)
+        return (info.get("iterations") or 0) >= iterations
     return done
 
 
@@ -136,7 +138,7 @@ def plan(profile, gpu=False, weights=None, project=None):
         steps.append(Step(f"{run.dataset.title}: train {run.train_variant.title}"
                           + (f" ({run.tag})" if run.tag else ""),
                           ["train", *_common(run), f"VARIANT={run.train_variant.key}", *init_args, *gpu_arg],
-                          its * iter_s, _trained(run, publishable)))
+                          its * run.seconds_per_iter, _trained(run, its, publishable)))
         for v in [run.variant] + ([variants.get_variant("trp")] if run.variant.key == "mtdnet" else []):
             r = run.with_variant(v.key)
             secs = FEATURE_EVAL_SECONDS if v.score == "feature" else \

@@ -229,9 +229,9 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
         print(f"run: {rel_dir}  (same as: caffe train -solver {solver_rel})")
         left = max_iter - (caffe_run.snapshot_iter(state) if state else 0)
         if not gpu:   # how long, before the wait starts
-            print(f"{left} iterations to go: about {_duration(left * run.profile.seconds_per_iter)} on a "
-                  f"2-core CPU ({run.profile.seconds_per_iter:g} s per iteration measured for profile "
-                  f"'{run.profile.name}'); Ctrl-C stops with a snapshot, the same command resumes")
+            print(f"{left} iterations to go: about {_duration(left * run.seconds_per_iter)} on a "
+                  f"2-core CPU ({run.seconds_per_iter:g} s per iteration measured for {run.train_variant.title} "
+                  f"of profile '{run.profile.name}'); Ctrl-C stops with a snapshot, the same command resumes")
         if not state:
             info["weights"] = os.path.abspath(weights) if weights else None
         info.update(dataset=run.dataset.name, variant=run.variant.key, profile=run.profile.name,

@@ -167,6 +167,11 @@ class Run:
         """The variant whose net is trained (trp: mtdnet)."""
         return get_variant(self.variant.train_key)
 
+    @property
+    def seconds_per_iter(self):
+        """Expected CPU training seconds per iteration: the profile's, scaled by the variant's cost."""
+        return self.profile.seconds_per_iter * self.train_variant.relative_cost
+
     def _name(self, variant_key, split_name):
         split = "" if split_name == "paper" else f"-{split_name}"
         tag = f"@{self.tag}" if self.tag else ""

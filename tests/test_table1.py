@@ -9,6 +9,7 @@ import pytest
 import data_prep.datasets
 from mtdnet import models, table1
 from spec import REPO_ROOT, Run, get_profile
+from spec.fsutil import atomic_write_json
 from tests import fixtures as F
 
 CUHK03_PAIRS = [843, 440, 77]
@@ -55,6 +56,20 @@ def test_targets_fine_tune_from_the_source_models(shared):
     assert "WEIGHTS" not in cmds["CUHK01: train MTDnet"]           # the from-scratch baseline
     with pytest.raises(Exception, match="model the next stages start from is missing"):
         steps[[s.what for s in steps].index("CUHK01: train MTDnet (cuhk03detected)")].command()
+    # Time estimates follow the variant: cross trains two copies of the net per iteration.
+    secs = {s.what: s.seconds for s in steps}
+    assert secs["CUHK01: train MTDnet-cross (cuhk03detected)"] == pytest.approx(
+        2.1 * secs["CUHK01: train MTDnet (cuhk03detected)"])
+
+
+def test_a_run_short_of_the_plans_iterations_is_resumed(shared):
+    """A run trained with a smaller ITERS (or stopped early) is not done: `make table1` resumes it."""
+    step = table1.plan("scratch")[0][1]
+    run = Run.create("cuhk03detected", "mtdnet", get_profile("scratch"))
+    os.makedirs(run.dir)
+    for iterations, done in ((1500, False), (5000, True), (6000, True)):
+        atomic_write_json(run.info, {"iterations": iterations, "max_iter": iterations})
+        assert step.done() is done, iterations
 
 
 def test_runs_the_source_stage_and_resumes(shared):
