@@ -9,12 +9,16 @@
   3. make report
 
 Every step is a `make` command a user could type; a step whose output is complete is
-skipped, so a re-run continues where the last one stopped. The source's models published in
+skipped, so a re-run continues where the last one stopped: a run short of the profile's
+iterations is resumed, a score older than its run's newest snapshot is made again, and a
+fine-tune whose source model is no longer the source's chosen one restarts (RESTART=1: the
+earlier run is kept aside). The source's models published in
 the repository (models/<run>/, mtdnet.models) count as complete: the later stages start
 from them without the hours of training. DRY_RUN=1 prints the plan with
 each command and its expected time on this machine.
 """
 import dataclasses
+import functools
 import os
 import shlex
 import subprocess
@@ -43,9 +47,13 @@ class Step:
     seconds: float                 # expected on this machine
     done: object = None            # () -> True when the step's output is complete (skipped)
 
+    redo: object = None            # () -> why a complete-looking output must be made again, or None
+
     def command(self, resolve=True):
-        words = ["make"] + [(a() if callable(a) else a) if resolve else (a.__doc__ if callable(a) else a)
-                            for a in self.args]
+        words = ["make"]
+        for a in self.args:
+            w = (a() if resolve else a.__doc__) if callable(a) else a
+            words += w if isinstance(w, list) else [w]
         return words
 
 
@@ -75,44 +83,87 @@ def targets_present():
     return present, absent
 
 
-def _trained(run, iterations, publishable=False):
+def _trained(run, iterations, publishable=False, redo=None):
     # Done at the plan's iterations: a run stopped early, or trained with a smaller ITERS,
     # is resumed from its newest snapshot by the same `make train`.
     def done():
         if publishable and models.published(run):
             return True     # the repository's copy (models/<run>/) stands for it
-        info = read_json(run.info, "run description") if os.path.exists(run.info) else {}
-        return (info.get("iterations") or 0) >= iterations
+        return _iterations_done(run) >= iterations and not (redo and redo())
     return done
 
 
-def _evaluated(run, publishable_as=None):
+def _digest(path):
+    st = os.stat(path)
+    return _digest_of(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_of(path, size, mtime_ns):   # once per file version: paper-profile models are large
+    return models.sha256(path)
+
+
+def _source_changed(run, base):
+    """Why fine-tune `run` is outdated: it started from a model that is no longer `base`'s
+    chosen one (the source trained on, another snapshot chosen); None when it is current,
+    not started, or either model cannot be compared."""
+    def why():
+        if not os.path.exists(run.info):
+            return None
+        started = read_json(run.info, "run record").get("weights")
+        try:
+            now = _chosen_path(base)
+        except MtdnetError:
+            return None     # the source has no model yet: its own step comes first
+        if not started or not os.path.isfile(started) or _digest(started) == _digest(now):
+            return None
+        return (f"fine-tuned from {run.project.rel(started)}, {base.name}'s chosen model is now "
+                f"{run.project.rel(now)}: it restarts (the earlier run is kept in previous-<time>/)")
+    return why
+
+
+def _evaluated(run, trained, publishable_as=None):
+    # An evaluation before its training is done would be made again: it is not done.
     def done():
         if publishable_as is not None and models.published(publishable_as):
             return True
-        if not os.path.exists(run.result("paper")):
+        if not trained() or not os.path.exists(run.result("paper")):
             return False
         latest = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel")
         body = read_json(run.result("paper"), "result")
-        return body.get("selected") is not None or (latest and body.get("iterations") ==
-                                                   caffe_run.snapshot_iter(latest))
+        if body.get("selected") is not None:
+            # Chosen among the snapshots there were: a run trained on since is chosen again.
+            choice = read_json(run.selection, "snapshot choice") if os.path.exists(run.selection) else {}
+            return latest is None or caffe_run.snapshot_iter(latest) in {c["iteration"] for c in
+                                                                        choice.get("curve", [])}
+        return bool(latest) and body.get("iterations") == caffe_run.snapshot_iter(latest)
     return done
+
+
+def _iterations_done(run):
+    info = read_json(run.info, "run record") if os.path.exists(run.info) else {}
+    return info.get("iterations") or 0
 
 
 def _common(run):
     return [f"DATASET={run.dataset.name}", f"PROFILE={run.profile.name}", *run.make_options()]
 
 
-def chosen_model(run):
-    """WEIGHTS for the fine-tuning stages: the source run's snapshot chosen on validation."""
+def _chosen_path(run):
+    if os.path.exists(run.selection):
+        return run.project.abs(read_json(run.selection, "snapshot choice")["model"])
+    latest = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel") or models.published(run)
+    if not latest:
+        raise MtdnetError(f"{run.snapshot_prefix}_iter_*.caffemodel: the {run.dataset.title} model the "
+                          f"next stages start from is missing; its training step did not finish")
+    return latest
+
+
+def chosen_model(run, redo=None):
+    """WEIGHTS for the fine-tuning stages: the source run's snapshot chosen on validation (and
+    RESTART=1 where `redo` says the fine-tune started from another model)."""
     def resolve():
-        if os.path.exists(run.selection):
-            return "WEIGHTS=" + run.project.abs(read_json(run.selection, "snapshot choice")["model"])
-        latest = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel") or models.published(run)
-        if not latest:
-            raise MtdnetError(f"{run.snapshot_prefix}_iter_*.caffemodel: the {run.dataset.title} model the "
-                              f"next stages start from is missing; its training step did not finish")
-        return "WEIGHTS=" + latest
+        return ["WEIGHTS=" + _chosen_path(run)] + (["RESTART=1"] if redo and redo() else [])
     resolve.__doc__ = f"WEIGHTS=<{run.name}'s model chosen on validation>"
     return resolve
 
@@ -131,14 +182,15 @@ def plan(profile, gpu=False, weights=None, project=None):
         notes.append(f"{datasets.source_dataset().title}: no raw data at {default_root(datasets.source_dataset())}: "
                      f"no pre-training; the other datasets train from scratch only")
 
-    def train_eval(run, init_args, select):
+    def train_eval(run, init_args, select, redo=None):
         # The source's models may be published in the repository (models/): they are not retrained.
         publishable = select
         lr, its = run.solver_settings()
+        trained = _trained(run, its, publishable, redo)
         steps.append(Step(f"{run.dataset.title}: train {run.train_variant.title}"
                           + (f" ({run.tag})" if run.tag else ""),
                           ["train", *_common(run), f"VARIANT={run.train_variant.key}", *init_args, *gpu_arg],
-                          its * run.seconds_per_iter, _trained(run, its, publishable)))
+                          max(its - _iterations_done(run), 0) * run.seconds_per_iter, trained, redo))
         for v in [run.variant] + ([variants.get_variant("trp")] if run.variant.key == "mtdnet" else []):
             r = run.with_variant(v.key)
             secs = FEATURE_EVAL_SECONDS if v.score == "feature" else \
@@ -147,7 +199,7 @@ def plan(profile, gpu=False, weights=None, project=None):
             evals = min(its // prof.snapshot, SELECT_CANDIDATES) + 1 if select else 1
             steps.append(Step(f"{r.dataset.title}: evaluate {v.title}" + (f" ({run.tag})" if run.tag else ""),
                               ["eval", *_common(r), f"VARIANT={v.key}"] + (["SELECT=1"] if select else []),
-                              secs * evals, _evaluated(r, run if publishable else None)))
+                              secs * evals, _evaluated(r, trained, run if publishable else None)))
 
     # Ordered so that the headline numbers come first: the source MTDnet, the targets' MTDnet
     # fine-tuned from it and from scratch, aug and cross; then the single-task variants.
@@ -166,7 +218,8 @@ def plan(profile, gpu=False, weights=None, project=None):
         # Each variant from the source's model of its own kind; aug and cross from MTDnet's.
         base = source_runs.get(run.variant.key, source_runs["mtdnet"])
         source = [f"SOURCE={src.name}"] if run.train_variant.source else []
-        train_eval(run, [chosen_model(base)] + source, select=False)
+        redo = _source_changed(run, base)
+        train_eval(run, [chosen_model(base, redo)] + source, select=False, redo=redo)
 
     if src is not None:
         train_eval(source_runs["mtdnet"], init, select=True)
@@ -196,6 +249,8 @@ def describe(steps, notes):
         state = "done" if s.done and s.done() else f"~{hours_minutes(s.seconds)}"
         if state != "done":
             total += s.seconds
+            why = s.redo and s.redo()
+            state += f" ({why})" if why else ""
         lines.append(f"{k:2d}. {s.what}: {state}\n    {' '.join(shlex.quote(w) for w in s.command(resolve=False))}")
     lines.append(f"expected time of what is left on this machine: ~{hours_minutes(total)}")
     return "\n".join(lines)

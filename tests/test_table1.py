@@ -116,3 +116,59 @@ def test_make_passes_tag_and_source(shared):
     assert "TAG=x" in p.stderr
     p = make("train", "VARIANT=aug", "TAG=x", "SOURCE=cuhk03detected", "ITERS=1")
     assert p.returncode != 0 and "cuhk03detected-tiny-paper: prepared data not found" in p.stderr
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def test_a_fine_tune_from_a_model_no_longer_chosen_restarts(shared):
+    """CUHK03 cls trained on and another snapshot chosen: the fine-tunes from the old one are
+    outdated. The plan says why and restarts them (RESTART=1 keeps the earlier run aside)."""
+    F.write_cuhk01(str(shared / "datasets" / "CUHK01"), [1, 2])
+    prof = get_profile("scratch")
+    base = Run.create("cuhk03detected", "cls", prof)
+    old, new = base.snapshot_prefix + "_iter_1500.caffemodel", base.snapshot_prefix + "_iter_5000.caffemodel"
+    _write(old, "weights at 1500")
+    ft = Run.create("cuhk01", "cls", prof, tag="cuhk03detected",
+                    source_dataset=data_prep.datasets.get_dataset("cuhk03detected"))
+    os.makedirs(ft.dir)
+    atomic_write_json(ft.info, {"iterations": 1600, "max_iter": 1600, "weights": old})
+    atomic_write_json(base.selection, {"model": base.project.rel(old), "iteration": 1500})
+
+    def step():
+        steps, _ = table1.plan(prof)
+        return next(s for s in steps if s.what == "CUHK01: train MTDnet-cls (cuhk03detected)")
+    s = step()
+    assert s.done() and s.command()[-1] == "WEIGHTS=" + old and "RESTART=1" not in s.command()
+    # The same weights under another path (e.g. the published copy) are the same model.
+    copy = str(shared / "models" / "copy.caffemodel")
+    _write(copy, "weights at 1500")
+    atomic_write_json(ft.info, {"iterations": 1600, "max_iter": 1600, "weights": copy})
+    assert step().done()
+    _write(new, "weights at 5000")
+    atomic_write_json(base.selection, {"model": base.project.rel(new), "iteration": 5000})
+    s = step()
+    assert not s.done() and s.command()[-2:] == ["WEIGHTS=" + new, "RESTART=1"]
+    assert "it restarts" in table1.describe([s], [])
+
+
+def test_an_evaluation_is_redone_after_its_run_trains_on(shared):
+    """A snapshot choice made among 500..1500 is not done once the run has a 2000 snapshot."""
+    prof = get_profile("scratch")
+    steps, _ = table1.plan(prof)
+    train, evaluate = steps[1], steps[2]            # CUHK03 MTDnet: train, evaluate (SELECT=1)
+    run = Run.create("cuhk03detected", "mtdnet", prof)
+    its = run.solver_settings()[1]
+    for k in (500, 1000, 1500):
+        _write(f"{run.snapshot_prefix}_iter_{k}.caffemodel", "w")
+    atomic_write_json(run.result("paper"), {"selected": {"iteration": 1500}, "iterations": 1500})
+    atomic_write_json(run.selection, {"curve": [{"iteration": k} for k in (500, 1000, 1500)]})
+    atomic_write_json(run.info, {"iterations": 1500})
+    assert not train.done() and not evaluate.done()     # training is not finished: neither is its score
+    atomic_write_json(run.info, {"iterations": its})
+    assert train.done() and evaluate.done()
+    _write(f"{run.snapshot_prefix}_iter_{its + 500}.caffemodel", "w")
+    assert not evaluate.done()
