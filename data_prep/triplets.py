@@ -1,4 +1,4 @@
-"""Training triplets as the authors built them (REFERENCE.md, "Data preparation").
+"""Training triplets as the authors built them (their BuildData_*.py; README, Fidelity).
 
 For each positive cross-camera pair (A, B) of a training identity:
 `per_pair` triplets (anchor A, positive B, negative = a random image of

@@ -185,7 +185,7 @@ def table1_markdown(results, records=None):
                          f"{profile} profile | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Paper: ImageNet conv1/conv2 initialisation, CUHK03 pre-training for the small sets, "
-                 "the authors' fixed galleries (REFERENCE.md). Ours: as noted per number. "
+                 "the authors' fixed galleries (README, Evaluation: Protocols). Ours: as noted per number. "
                  "Percent; single-shot CMC; ties count against the true match.")
     lines.append("")
     for i, r in enumerate(notes, 1):

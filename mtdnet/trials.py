@@ -4,7 +4,7 @@ Plain inputs, no file formats: every image is an (image_index, person_id)
 pair, image_index being its index in the prepared images.json / LMDB.
 
 - `paper_trial(probes, gallery, distractors)`: the authors' fixed gallery
-  (REFERENCE.md), one trial.
+  (README, Evaluation: Protocols), one trial.
 - `random_trials(probes, candidates, n_trials, seed, distractors)`: each trial
   draws one gallery image per identity from `candidates` (seeded RNG), so
   results are a mean and spread over trials.
