@@ -127,6 +127,9 @@ def test_every_variant_is_complete():
             assert variants.get_variant(v.trains).net, f"{v.key} is scored with {v.trains}'s model"
     with pytest.raises(MtdnetError, match="registered twice"):
         variants.register(variants.get_variant("mtdnet"))
+    with pytest.raises(MtdnetError, match="relative_cost 0 must be > 0"):
+        variants.register(dataclasses.replace(variants.get_variant("mtdnet"), key="free", relative_cost=0))
+    assert "free" not in variants.REGISTRY
 
 
 # ---------------------------------------------------------------- a toy dataset and variant, end to end
