@@ -42,8 +42,9 @@ class Variant:
     min_batch: int = 1       # fewest triplets per batch its net works with
     # Training seconds per iteration relative to MTDnet's (the time estimates scale the
     # profile's seconds_per_iter by it): cross runs two copies of the net, aug reads two
-    # data layers, rnk is a three-stream AlexNet. Measured at `scratch` on the 2-core CPU,
-    # two runs at a time (docs/table1.md): MTDnet and cls ~1.0, rnk ~1.2, aug ~1.7, cross ~2.1 s.
+    # data layers, rnk is a three-stream AlexNet. Measured at `scratch` on the 2-core CPU over
+    # whole 1600-iteration runs, two at a time (docs/table1.md): MTDnet and cls 1.0, rnk 1.2,
+    # aug 1.4, cross 1.8 s per iteration (the machine's speed varies by up to 1.6x).
     relative_cost: float = 1.0
     # Layers copied by name from an ImageNet CaffeNet / AlexNet model (WEIGHTS=imagenet model).
     imagenet_layers: tuple = ("conv1", "conv2")
@@ -138,13 +139,13 @@ for _v in (
                    ("prid2011", (26.00, 49.00, 57.00)))),
     # MTDnet on the target's and CUHK03's triplets together.
     Variant("aug", "MTDnet-aug", "Cls+Rnk", 5, "pair", "pair_score", net="prototxt.nets:mtdnet_net",
-            source="mixed", relative_cost=1.7,
+            source="mixed", relative_cost=1.4,
             paper=(("cuhk01", (75.50, 93.50, 97.00)), ("viper", (43.35, 70.25, 78.48)),
                    ("ilids", (54.91, 74.57, 84.97)), ("prid2011", (27.00, 46.00, 59.00)))),
     # Target copy + frozen CUHK03 copy with a contrastive loss between their fc7.
     # With one triplet both pair orders coincide and the XNOR label is constant.
     Variant("cross", "MTDnet-cross", "Cls+Rnk", 6, "pair", "pair_score", net="prototxt.nets:cross_net",
-            source="separate", init="two_copies", min_batch=2, relative_cost=2.1,
+            source="separate", init="two_copies", min_batch=2, relative_cost=1.8,
             paper=(("cuhk01", (78.50, 96.50, 97.50)), ("viper", (47.47, 73.10, 82.59)),
                    ("ilids", (58.38, 80.35, 87.28)), ("prid2011", (31.00, 54.00, 61.00)))),
 ):
