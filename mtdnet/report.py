@@ -256,8 +256,9 @@ def build_report(runs_dir, out_dir=None):
         for r in results:
             written.append(_copy(r["path"], os.path.join(out_dir, r["run"], os.path.basename(r["path"]))))
             run, _ = records[r["path"]]
-            if run is not None:
-                written.append(_copy(run.info, os.path.join(out_dir, run.name, "run.json")))
+            info = run and os.path.join(out_dir, run.name, "run.json")
+            if run is not None and info not in written:    # MTDnet-trp shares MTDnet's run
+                written.append(_copy(run.info, info))
     absent = [dataset_title(d) for d in datasets.table1_datasets()
               if not os.path.isdir(default_root(d)) and d not in {dataset_key(r["dataset"]) for r in results}]
     missing = (f"Not available on this machine (no raw data): {', '.join(absent)}; their columns hold the "
