@@ -46,7 +46,6 @@ class Step:
     args: list                     # make arguments; a callable is resolved when the step runs
     seconds: float                 # expected on this machine
     done: object = None            # () -> True when the step's output is complete (skipped)
-
     redo: object = None            # () -> why a complete-looking output must be made again, or None
 
     def command(self, resolve=True):
@@ -190,7 +189,8 @@ def plan(profile, gpu=False, weights=None, project=None):
         steps.append(Step(f"{run.dataset.title}: train {run.train_variant.title}"
                           + (f" ({run.tag})" if run.tag else ""),
                           ["train", *_common(run), f"VARIANT={run.train_variant.key}", *init_args, *gpu_arg],
-                          max(its - _iterations_done(run), 0) * run.seconds_per_iter, trained, redo))
+                          (its if redo and redo() else max(its - _iterations_done(run), 0)) * run.seconds_per_iter,
+                          trained, redo))
         for v in [run.variant] + ([variants.get_variant("trp")] if run.variant.key == "mtdnet" else []):
             r = run.with_variant(v.key)
             secs = FEATURE_EVAL_SECONDS if v.score == "feature" else \

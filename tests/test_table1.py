@@ -153,6 +153,7 @@ def test_a_fine_tune_from_a_model_no_longer_chosen_restarts(shared):
     atomic_write_json(base.selection, {"model": base.project.rel(new), "iteration": 5000})
     s = step()
     assert not s.done() and s.command()[-2:] == ["WEIGHTS=" + new, "RESTART=1"]
+    assert s.seconds == pytest.approx(ft.solver_settings()[1] * ft.seconds_per_iter)   # from the start
     assert "it restarts" in table1.describe([s], [])
 
 
