@@ -255,10 +255,10 @@ def build_report(runs_dir, out_dir=None):
     if os.path.realpath(out_dir) != os.path.realpath(runs_dir):
         for r in results:
             written.append(_copy(r["path"], os.path.join(out_dir, r["run"], os.path.basename(r["path"]))))
-            run, _ = records[r["path"]]
-            info = run and os.path.join(out_dir, run.name, "run.json")
-            if run is not None and info not in written:    # MTDnet-trp shares MTDnet's run
-                written.append(_copy(run.info, info))
+        # Each training's record once (MTDnet-trp's is MTDnet's).
+        trainings = {run.name: run for run, _ in records.values() if run is not None}
+        for name, run in sorted(trainings.items()):
+            written.append(_copy(run.info, os.path.join(out_dir, name, "run.json")))
     absent = [dataset_title(d) for d in datasets.table1_datasets()
               if not os.path.isdir(default_root(d)) and d not in {dataset_key(r["dataset"]) for r in results}]
     missing = (f"Not available on this machine (no raw data): {', '.join(absent)}; their columns hold the "

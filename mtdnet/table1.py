@@ -46,14 +46,11 @@ class Step:
     args: list                     # make arguments; a callable is resolved when the step runs
     seconds: float                 # expected on this machine
     done: object = None            # () -> True when the step's output is complete (skipped)
-    redo: object = None            # () -> why a complete-looking output must be made again, or None
+    redo: object = None            # () -> why its earlier output must be made anew (RESTART=1), or None
 
     def command(self, resolve=True):
-        words = ["make"]
-        for a in self.args:
-            w = (a() if resolve else a.__doc__) if callable(a) else a
-            words += w if isinstance(w, list) else [w]
-        return words
+        words = ["make"] + [(a() if resolve else a.__doc__) if callable(a) else a for a in self.args]
+        return words + (["RESTART=1"] if resolve and self.redo and self.redo() else [])
 
 
 def source_dataset_present():
@@ -158,11 +155,10 @@ def _chosen_path(run):
     return latest
 
 
-def chosen_model(run, redo=None):
-    """WEIGHTS for the fine-tuning stages: the source run's snapshot chosen on validation (and
-    RESTART=1 where `redo` says the fine-tune started from another model)."""
+def chosen_model(run):
+    """WEIGHTS for the fine-tuning stages: the source run's snapshot chosen on validation."""
     def resolve():
-        return ["WEIGHTS=" + _chosen_path(run)] + (["RESTART=1"] if redo and redo() else [])
+        return "WEIGHTS=" + _chosen_path(run)
     resolve.__doc__ = f"WEIGHTS=<{run.name}'s model chosen on validation>"
     return resolve
 
@@ -219,7 +215,7 @@ def plan(profile, gpu=False, weights=None, project=None):
         base = source_runs.get(run.variant.key, source_runs["mtdnet"])
         source = [f"SOURCE={src.name}"] if run.train_variant.source else []
         redo = _source_changed(run, base)
-        train_eval(run, [chosen_model(base, redo)] + source, select=False, redo=redo)
+        train_eval(run, [chosen_model(base)] + source, select=False, redo=redo)
 
     if src is not None:
         train_eval(source_runs["mtdnet"], init, select=True)
