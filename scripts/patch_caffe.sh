@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Source patches applied to the unpacked Caffe tree before building.
-# usage: patch_caffe.sh CAFFE_SRC_DIR
+# usage: patch_caffe.sh CAFFE_SRC_DIR [cuda|stock]
 set -euo pipefail
 cd "$1"
 # 1. pycaffe's _caffe.so is linked with rpath $ORIGIN/../../build/lib, but this
@@ -39,6 +39,50 @@ void CopyLayers(caffe::Solver<float>* solver, const std::string& model_list) {
   grep -q 'CopyLayers(solver.get(), FLAGS_weights)' tools/caffe.cpp
 }
 echo "patch_caffe: ok"
+# ----------------------------------------------------------------- CPU speed
+# F. The CPU fast path (scripts/caffe_cpu/mtdnet_cpu.cpp says what and why):
+#    Convolution, max Pooling, cross-channel LRN and ReLU run chunked and spread
+#    over OpenBLAS's thread count; MTDNET_CAFFE_FAST=0 at run time takes the
+#    stock code paths, which stay in the build unchanged. Skipped with a second
+#    argument "stock" (the unpatched reference build).
+if [ "${2:-}" != "stock" ]; then
+  HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+  cp "$HERE/caffe_cpu/mtdnet_cpu.hpp" include/caffe/util/mtdnet_cpu.hpp
+  cp "$HERE/caffe_cpu/mtdnet_cpu.cpp" src/caffe/util/mtdnet_cpu.cpp
+  # F1. OpenMP for the library's own C++ (nvcc's flags are not touched).
+  grep -q '^CXXFLAGS += -pthread -fPIC $(COMMON_FLAGS) $(WARNINGS)$' Makefile
+  sed -i 's/^CXXFLAGS += -pthread -fPIC $(COMMON_FLAGS) $(WARNINGS)$/& -fopenmp/;
+    s/^LINKFLAGS += -pthread -fPIC $(COMMON_FLAGS) $(WARNINGS)$/& -fopenmp/' Makefile
+  grep -q '^LINKFLAGS += .* -fopenmp$' Makefile
+  # F2. The fast functions are members of the layers they speed up.
+  decl_fwd='  bool mtdnet_forward_cpu(const vector<Blob<Dtype>*>\& bottom,\n      const vector<Blob<Dtype>*>\& top);\n'
+  decl_bwd='  bool mtdnet_backward_cpu(const vector<Blob<Dtype>*>\& top,\n      const vector<bool>\& propagate_down, const vector<Blob<Dtype>*>\& bottom);\n'
+  note='  // The CPU fast path (util/mtdnet_cpu.cpp); false: the stock code runs.\n'
+  perl -0pi -e "s|( protected:\n)|\$1${note}  bool mtdnet_conv_geometry(void* geometry, int* chunk);\n${decl_fwd}${decl_bwd}|" \
+    include/caffe/layers/base_conv_layer.hpp
+  for h in pooling lrn; do
+    perl -0pi -e "s|( protected:\n)|\$1${note}${decl_fwd}${decl_bwd}|" "include/caffe/layers/${h}_layer.hpp"
+  done
+  # F3. Each layer's Forward_cpu / Backward_cpu tries the fast path first.
+  for pair in conv_layer:ConvolutionLayer pooling_layer:PoolingLayer lrn_layer:LRNLayer; do
+    f="src/caffe/layers/${pair%%:*}.cpp"; cls="${pair##*:}"
+    perl -0pi -e "s|(void ${cls}<Dtype>::Forward_cpu\(const vector<Blob<Dtype>\*>& bottom,\s*const vector<Blob<Dtype>\*>& top\) \{\n)|\$1  if (this->mtdnet_forward_cpu(bottom, top)) return;\n|;
+      s|(void ${cls}<Dtype>::Backward_cpu\(const vector<Blob<Dtype>\*>& top,\s*const vector<bool>& propagate_down,\s*const vector<Blob<Dtype>\*>& bottom\) \{\n)|\$1  if (this->mtdnet_backward_cpu(top, propagate_down, bottom)) return;\n|" "$f"
+    [ "$(grep -c 'if (this->mtdnet_\(forward\|backward\)_cpu(' "$f")" = 2 ]
+  done
+  # F4. Caffe's GEMMs on the same threads as the rest (one thread pool).
+  f=src/caffe/util/math_functions.cpp
+  sed -i 's|^#include "caffe/util/math_functions.hpp"$|&\n#include "caffe/util/mtdnet_cpu.hpp"|;
+    s|^  cblas_sgemm(CblasRowMajor, TransA, TransB, M, N, K, alpha, A, lda, B,$|  mtdnet_gemm<float>(TransA, TransB, M, N, K, alpha, A, lda, B,|;
+    s|^  cblas_dgemm(CblasRowMajor, TransA, TransB, M, N, K, alpha, A, lda, B,$|  mtdnet_gemm<double>(TransA, TransB, M, N, K, alpha, A, lda, B,|' "$f"
+  [ "$(grep -c 'mtdnet_gemm<' "$f")" = 2 ]
+  # F5. ReLU's element loops over the cores.
+  f=src/caffe/layers/relu_layer.cpp
+  sed -i 's|^#include "caffe/layers/relu_layer.hpp"$|&\n#include "caffe/util/mtdnet_cpu.hpp"|;
+    s|^\( *\)for (int i = 0; i < count; ++i) {$|\1#pragma omp parallel for num_threads(mtdnet_cpu_threads()) schedule(static) if (count > 32768)\n&|' "$f"
+  [ "$(grep -c '#pragma omp parallel for' "$f")" = 2 ]
+  echo "patch_caffe: CPU fast path ok"
+fi
 # ----------------------------------------------------------------- CUDA 13
 # Applied only with a second argument "cuda" (make setup CUDA=1). The CPU
 # build's cache key hashes this file only down to the marker line below, so

@@ -12,6 +12,10 @@
 #   VENV=dir               the virtual environment (default <repo>/.venv)
 #   PYTHON=python3         the interpreter the venv is made from
 #   JOBS=N                 parallel compile jobs (default: nproc)
+#   STOCK=1                build (cached) Caffe without our CPU fast path, print its
+#                          python/ folder and stop: the reference of the fast path's
+#                          golden values (tools/record_caffe_golden.py); the venv's
+#                          own Caffe is left as it is
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +26,8 @@ CACHE="${MTDNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mtdnet}"
 VENV="${VENV:-$REPO/.venv}"
 PYTHON="${PYTHON:-python3}"
 CUDA="${CUDA:-0}"
+STOCK="${STOCK:-0}"
+[ "$STOCK" = "1" ] && [ "$CUDA" = "1" ] && { echo "setup: STOCK=1 is a CPU build; drop CUDA=1" >&2; exit 2; }
 CUDA_HOME="${CUDA_HOME:-}"  # empty: CUDA=1 builds with pinned PyPI wheels (scripts/cuda_wheels.sh)
 CUDA_ARCH_LIST="${CUDA_ARCH_LIST:-75 80 86 89 90}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
@@ -146,12 +152,14 @@ else
   # The CPU build hashes patch_caffe.sh only down to its CUDA 13 section, so
   # adding CUDA patches leaves a cached CPU build valid.
   patch_text() {
+    if [ "$STOCK" = "1" ]; then echo stock; sed '/^# -* CPU speed$/,$d' "$REPO/scripts/patch_caffe.sh"; return; fi
     if [ "$CUDA" = "1" ]; then cat "$REPO/scripts/patch_caffe.sh"
     else sed '/^# -* CUDA 13$/,$d' "$REPO/scripts/patch_caffe.sh"; fi
+    cat "$REPO"/scripts/caffe_cpu/*
   }
   KEY="$( { echo "$CAFFE_SDIST_SHA256"; echo "${CONFIG_TEXT//$NUMPY_INC/numpy-include}"; echo "numpy$NUMPY_MAJOR";
             patch_text; } | sha256sum | cut -c1-16)"
-  VARIANT="cpu"; [ "$CUDA" = "1" ] && VARIANT="cuda"
+  VARIANT="cpu"; [ "$CUDA" = "1" ] && VARIANT="cuda"; [ "$STOCK" = "1" ] && VARIANT="cpu-stock"
   BUILD="$CACHE/caffe/$VARIANT-$KEY"
   CAFFE_PY="$BUILD/python"
   CAFFE_BIN="$BUILD/.temp_release/tools/caffe.bin"
@@ -172,7 +180,7 @@ else
     PART="$(mktemp -d "$CACHE/caffe/.partial-$VARIANT-$KEY.XXXXXX")"
     : >"$LOG"
     tar xzf "$SDIST" -C "$PART" --strip-components=1 >>"$LOG" 2>&1 || die "could not unpack $SDIST"
-    PATCH_SET=""; [ "$CUDA" = "1" ] && PATCH_SET="cuda"
+    PATCH_SET=""; [ "$CUDA" = "1" ] && PATCH_SET="cuda"; [ "$STOCK" = "1" ] && PATCH_SET="stock"
     bash "$REPO/scripts/patch_caffe.sh" "$PART" $PATCH_SET >>"$LOG" 2>&1 || die "patching the Caffe source failed"
     bash "$REPO/scripts/caffe_config.sh" "$VPY" "$CUDA" "$CUDA_HOME" "$CUDA_ARCH_LIST" \
       >"$PART/Makefile.config" || die "could not write Makefile.config"
@@ -194,6 +202,12 @@ else
     PART=""
     echo "    built in $(( $(date +%s) - start )) s"
   fi
+fi
+
+if [ "$STOCK" = "1" ]; then
+  trap - EXIT
+  echo "$CAFFE_PY"
+  exit 0
 fi
 
 # ---------------------------------------------------------------- link

@@ -1,0 +1,41 @@
+// The CPU fast path of our Caffe build (scripts/patch_caffe.sh, section F).
+// Shared helpers of the patched Convolution, Pooling, LRN and ReLU layers.
+#ifndef CAFFE_UTIL_MTDNET_CPU_HPP_
+#define CAFFE_UTIL_MTDNET_CPU_HPP_
+
+#include <cstddef>
+
+#include "caffe/util/mkl_alternate.hpp"  // CBLAS_TRANSPOSE
+
+namespace caffe {
+
+// False when MTDNET_CAFFE_FAST=0 (or no / false): the stock code paths run.
+bool mtdnet_cpu_fast();
+
+// Threads for the patched loops and GEMMs: OpenBLAS's own count (read once,
+// then OpenBLAS is set to 1), so one setting (OPENBLAS_NUM_THREADS) governs
+// all of Caffe's CPU work and two trainings side by side with one thread each
+// do not oversubscribe the cores.
+int mtdnet_cpu_threads();  // 1 when !mtdnet_cpu_fast()
+
+// Floats of the convolution workspace (the column matrix, output and input
+// phases of a chunk of images); a chunk holds as many images as fit, at least
+// one. Larger chunks make larger GEMMs but fall out of the caches: 16 MiB ran
+// the scratch MTDnet fastest (4 and 64 MiB were 3% and 12% slower).
+// MTDNET_CONV_WORKSPACE_MB overrides it (the tests use it to force chunks).
+const size_t kMtdnetConvWorkspaceFloats = size_t(4) << 20;  // 16 MiB
+
+// cblas_?gemm (row-major) split over mtdnet_cpu_threads(); stock's
+// caffe_cpu_gemm calls it.
+template <typename Dtype>
+void mtdnet_gemm(const CBLAS_TRANSPOSE ta, const CBLAS_TRANSPOSE tb,
+    int m, int n, int k, Dtype alpha, const Dtype* a, int lda, const Dtype* b,
+    int ldb, Dtype beta, Dtype* c, int ldc);
+
+// A scratch buffer per thread and type that only grows.
+template <typename Dtype>
+Dtype* mtdnet_workspace(size_t count);
+
+}  // namespace caffe
+
+#endif  // CAFFE_UTIL_MTDNET_CPU_HPP_
