@@ -52,8 +52,9 @@ help:
 	@echo "The *_ARGS take the tool's own options: python tools/<prepare_data|train|evaluate>.py --help"
 	@test -x $(PY) && $(PY) tools/choices.py || echo "(run 'make setup' to list the valid values)"
 
+# VENV is one of VARS (unexported, passed as ARG_VENV): hand it to setup.sh by name.
 setup:
-	@bash scripts/setup.sh
+	@VENV="$$ARG_VENV" bash scripts/setup.sh
 
 test:
 	$(NEED_VENV)

@@ -201,27 +201,31 @@ def child_main(argv):
         np.savez(out + ".tmp.npz", **arrays)
         os.replace(out + ".tmp.npz", out)
         return 0
-    if job["kind"] == "time":
+    if job["kind"] == "info":
+        result = {}
+    elif job["kind"] == "time":
         result = _time(job["net_text"], job["seed"], job["iters"], job["warmup"])
     elif job["kind"] == "gemm":
         result = _gemm_peak(job["size"], job["repeats"])
     else:
         raise MtdnetError(f"{argv[0]}: unknown job kind {job['kind']!r}")
-    result["threads"] = blas_threads()
+    result.update(caffe_threads())
     with open(out + ".tmp", "w") as f:
         json.dump(result, f)
     os.replace(out + ".tmp", out)
     return 0
 
 
-def blas_threads():
-    """The OpenBLAS thread count this process's Caffe uses (and its fast path with it)."""
+def caffe_threads():
+    """{"fast": this process runs the fast path, "threads": on how many threads} of the Caffe
+    pycaffe loaded (a build without the fast path: its OpenBLAS thread count)."""
     import ctypes
-    import caffe  # noqa: F401  (loads libcaffe and its OpenBLAS)
+    import caffe._caffe
+    lib = ctypes.CDLL(caffe._caffe.__file__)     # dlsym searches libcaffe and OpenBLAS behind it
     try:
-        return int(ctypes.CDLL(None).openblas_get_num_threads())
-    except (AttributeError, OSError):
-        return None
+        return dict(fast=bool(lib.mtdnet_caffe_fast()), threads=int(lib.mtdnet_caffe_threads()))
+    except AttributeError:
+        return dict(fast=False, threads=int(lib.openblas_get_num_threads()))
 
 
 # ---- in the parent ---------------------------------------------------------------------------
@@ -259,8 +263,15 @@ def load(out):
         shutil.rmtree(os.path.dirname(out), ignore_errors=True)
 
 
-def capture(case, mode, seed=1701):
-    return load(run_child(mode, dict(kind="capture", net_text=case.net_text(), seed=seed)))
+def capture(net, mode, seed=1701, env=None):
+    """Every array of one forward + backward of net (a NetCase or a net's text) in a child."""
+    text = net if isinstance(net, str) else net.net_text()
+    return load(run_child(mode, dict(kind="capture", net_text=text, seed=seed), env=env))
+
+
+def child_info(mode, env=None):
+    """caffe_threads() of a child process in this mode."""
+    return load(run_child(mode, dict(kind="info"), env=env))
 
 
 def compare(got, want, tolerance=TOLERANCE):

@@ -27,7 +27,10 @@ if [ -f "$DEST/.mtdnet-complete" ] && [ -x "$DEST/bin/nvcc" ]; then
 fi
 WHEELS="$CACHE/cuda-wheels/$KEY"
 mkdir -p "$WHEELS" "$CACHE/cuda"
-n_have=$(ls "$WHEELS"/*.whl 2>/dev/null | wc -l)
+# Counted without ls: with no wheel yet, ls exits 2 and pipefail would end the script.
+shopt -s nullglob
+have=("$WHEELS"/*.whl)
+n_have=${#have[@]}
 if [ "$n_have" -ne "${#CUDA_WHEELS[@]}" ]; then
   echo "    downloading ${#CUDA_WHEELS[@]} CUDA 13.0.0 wheels (~600 MB) into $WHEELS" >&2
   rm -f "$WHEELS"/*.whl

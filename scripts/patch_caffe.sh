@@ -135,6 +135,16 @@ for h in hardsigmoid hardswish maxunpool pixelshuffle relu6 upsample; do
   perl -0pi -e 's/\n[ \t]*virtual void (Forward|Backward)_gpu\([^;{}]*\);//g' "$f"
   ! grep -q '_gpu(' "$f"
 done
+# C8. A GPU build on a machine without a usable GPU (a login node) must still run
+#     in CPU mode, but every thread Caffe starts (data prefetch) asked the CUDA
+#     driver for the current device first and died in a CHECK ("CUDA driver
+#     version is insufficient"). Ask only in GPU mode.
+f=src/caffe/internal_thread.cpp
+grep -q '^  CUDA_CHECK(cudaGetDevice(&device));$' "$f"
+grep -q '^  CUDA_CHECK(cudaSetDevice(device));$' "$f"
+sed -i 's|^  CUDA_CHECK(cudaGetDevice(&device));$|  if (Caffe::mode() == Caffe::GPU) CUDA_CHECK(cudaGetDevice(\&device));|;
+  s|^  CUDA_CHECK(cudaSetDevice(device));$|  if (mode == Caffe::GPU) CUDA_CHECK(cudaSetDevice(device));|' "$f"
+[ "$(grep -c 'if (Caffe::mode() == Caffe::GPU) CUDA_CHECK(cudaGetDevice\|if (mode == Caffe::GPU) CUDA_CHECK(cudaSetDevice' "$f")" = 2 ]
 # C5. CUDA 13's CCCL (thrust, cub, libcu++) needs C++17: nvcc gets -std=c++17
 #     from Makefile.config (scripts/caffe_config.sh), not a source patch.
 echo "patch_caffe: CUDA 13 patches ok"

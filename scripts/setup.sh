@@ -48,6 +48,7 @@ die() {
 trap 'rc=$?; [ -n "$PART" ] && rm -rf "$PART"; [ $rc -ne 0 ] && echo "setup: stopped at step '"'"'$STEP'"'"' (exit $rc)${STEP_LOG:+; log: $STEP_LOG}" >&2' EXIT
 
 # ---------------------------------------------------------------- tools
+echo "setup: venv $VENV, cache $CACHE${CUDA:+, CUDA=$CUDA}${STOCK:+, STOCK=$STOCK}"
 step "check system tools"
 for t in "$PYTHON" make g++ tar sha256sum; do
   command -v "$t" >/dev/null 2>&1 || die "required tool '$t' is not installed"

@@ -39,7 +39,7 @@ def test_quick_run_writes_every_headline_key(quick):
     m = doc["machine"]
     assert m["cores"] >= 1 and m["cpu"] and m["date"].endswith("Z") and len(m["git_commit"]) == 40
     # The table names every part.
-    for part in ("scoring", "memory", "train", "prep", "cmc"):
+    for part in ("scoring", "memory", "train", "prep", "cmc", "caffe"):
         assert f"\n{part}" in stdout
 
 
@@ -82,6 +82,28 @@ def test_train_prep_and_cmc_parts(quick):
     c = doc["cmc"]
     assert c["size"] == 400 and c["loop_probes"] == 400 and c["loop_agrees"] is True
     assert c["probes_with_tied_match"] > 0      # the 1e-4 grid makes ties: the tie rule is exercised
+
+
+def test_caffe_part_times_both_code_paths_of_one_build(quick):
+    doc = quick[0]
+    r = doc["caffe"]["tiny"]
+    st, fa = r["modes"]["stock"], r["modes"]["fast"]
+    assert r["threads"]["fast"] >= 1 and r["threads"]["stock"] >= 1
+    assert st["n"] == fa["n"] == 2 and min(st["s_per_iter"], fa["s_per_iter"]) > 0
+    assert r["speedup"] == pytest.approx(st["s_per_iter"] / fa["s_per_iter"])
+    assert doc["caffe_speedup_tiny"] == r["speedup"]
+    assert r["gflop_per_iter"] > 0 and r["gemm_peak_gflops"] > 0
+    assert fa["peak_fraction"] == pytest.approx(r["gflop_per_iter"] / fa["s_per_iter"] / r["gemm_peak_gflops"])
+    assert r["memory_ratio"] == pytest.approx(fa["peak_rss_mb"] / st["peak_rss_mb"])
+    names = [x["name"] for x in st["layers"]]
+    assert names == [x["name"] for x in fa["layers"]] and "conv1" in names and "trp_loss" in names
+    assert {"Convolution", "Pooling", "LRN", "ReLU"} <= set(r["by_type"])
+
+
+def test_results_go_where_git_ignores_them():
+    assert bench.DEFAULT_OUT.startswith(os.path.join(REPO_ROOT, "runs") + os.sep)
+    p = subprocess.run(["git", "check-ignore", "-q", bench.DEFAULT_OUT], cwd=REPO_ROOT)
+    assert p.returncode == 0
 
 
 def test_bad_options_are_clear_errors(tmp_path):

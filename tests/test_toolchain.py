@@ -3,6 +3,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -149,3 +150,67 @@ def test_setup_again_uses_the_cache():
     assert "Caffe build (cached:" in p.stdout
     assert "up to date" in p.stdout and "all 15 packages present" in p.stdout
     assert "installing" not in p.stdout
+
+
+def test_make_setup_hands_venv_to_the_setup_script(tmp_path):
+    """make setup VENV=<dir> builds that venv (the Makefile passes VENV to tools as ARG_VENV)."""
+    venv = tmp_path / "venv-gpu"
+    p = subprocess.run(["make", "-s", "setup", f"VENV={venv}", f"PYTHON={tmp_path / 'no-python'}"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                       env=_setup_env(tmp_path, VENV=""))
+    assert p.returncode != 0 and "is not installed" in p.stderr      # stopped at the first check
+    assert f"setup: venv {venv}," in p.stdout
+
+
+STUB_PIP = r'''#!/bin/bash
+# A python that answers `-m pip download` with small fake CUDA wheels.
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
+  echo "$*" >> "$STUB_LOG"
+  dest=""; pkgs=()
+  while [ $# -gt 0 ]; do
+    case "$1" in -d) dest="$2"; shift;; *==*) pkgs+=("$1");; esac; shift
+  done
+  for p in "${pkgs[@]}"; do
+    "$REAL_PY" - "$dest" "${p%%==*}" <<'PY'
+import sys, zipfile
+dest, name = sys.argv[1:]
+files = {"nvidia-cuda-nvcc": {"bin/nvcc": "#!/bin/sh\necho 'Cuda compilation tools, release 13.0, V13.0.48'\n",
+                              "bin/cicc": ""},
+         "nvidia-cuda-runtime": {"lib/libcudart.so.13": "", "include/cuda_runtime.h": ""},
+         "nvidia-cublas": {"lib/libcublas.so.13": "", "lib/libcublasLt.so.13": "", "include/cublas_v2.h": ""},
+         "nvidia-curand": {"lib/libcurand.so.10": "", "include/curand.h": ""}}.get(name, {"include/" + name: ""})
+with zipfile.ZipFile(f"{dest}/{name.replace('-', '_')}-13.0-py3-none-manylinux2014_x86_64.whl", "w") as z:
+    for path, text in files.items():
+        z.writestr("nvidia/cu13/" + path, text)
+PY
+  done
+  exit 0
+fi
+exec "$REAL_PY" "$@"
+'''
+
+
+def test_cuda_wheels_first_run_on_an_empty_cache_then_cached(tmp_path):
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PIP)
+    os.chmod(stub, 0o755)
+    log = tmp_path / "pip.log"
+    env = dict(os.environ, STUB_LOG=str(log), REAL_PY=sys.executable)
+    cache = tmp_path / "cache"
+
+    def run():
+        p = subprocess.run(["bash", "scripts/cuda_wheels.sh", str(stub), str(cache)], cwd=REPO_ROOT,
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip()
+    home = run()
+    assert os.access(os.path.join(home, "bin", "nvcc"), os.X_OK)
+    assert os.path.exists(os.path.join(home, ".mtdnet-complete"))
+    assert os.path.islink(os.path.join(home, "lib", "libcudart.so"))
+    assert len(log.read_text().splitlines()) == 1                    # downloaded once
+    assert run() == home and len(log.read_text().splitlines()) == 1  # then the cache only
+    # A download cut short (fewer wheels than pins) is fetched again, whole.
+    shutil.rmtree(home)
+    wheels = cache / "cuda-wheels" / os.listdir(cache / "cuda-wheels")[0]
+    os.remove(sorted(wheels.iterdir())[0])
+    assert run() == home and len(log.read_text().splitlines()) == 2

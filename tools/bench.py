@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""make bench: speed and memory on this machine, printed and written to bench/results.json.
+"""make bench: speed and memory on this machine, printed and written to runs/bench/results.json.
 
-Parts (--parts, default all): scoring (fast vs naive pair scorer at the paper and
+Parts (--parts, default all): caffe (our Caffe build's CPU fast path vs its
+stock code, scratch and paper MTDnet train nets), scoring (fast vs naive pair scorer at the paper and
 cpu profiles), memory (peak RSS of scoring 1000 x 10000 with the fast scorer),
 train (caffe train with our data layer vs caffe time of the same net), prep
 (make data images/s on VIPeR), cmc (a 10000 x 10000 score matrix). Each
@@ -32,7 +33,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", help=f"comma-separated, from: {', '.join(bench.PARTS)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="seconds, tiny profile: a smoke run of every code path")
-    ap.add_argument("--out", help="results JSON (default bench/results.json; --quick: none unless given)")
+    ap.add_argument("--out", help="results JSON (default runs/bench/results.json; --quick: none unless given)")
     ap.add_argument("--blocks", help="scoring: profile=PxG,... (default "
                     + ",".join(f"{k}={p}x{g}" for k, (p, g) in d.blocks.items()) + ")")
     ap.add_argument("--memory-profile", help=f"memory: profile (default {d.memory_profile})")
@@ -52,6 +53,8 @@ def main(argv=None):
     ap.add_argument("--prep-root", help="prep: the dataset's raw folder (default: the usual place)")
     ap.add_argument("--cmc-size", type=int, help=f"cmc: N of the N x N score matrix (default {d.cmc_size})")
     ap.add_argument("--cmc-loop-probes", type=int, help=f"cmc: probes checked with the loop (default {d.cmc_loop_probes})")
+    ap.add_argument("--caffe-runs", help="caffe: profile=ITERSxROUNDS,... (default "
+                    + ",".join(f"{k}={i}x{r}" for k, (i, r) in d.caffe_runs.items()) + ")")
     ap.add_argument("--seed", type=int, help=f"seed of the random nets, images and scores (default {d.seed})")
     a = ap.parse_args(argv)
 

@@ -646,3 +646,8 @@ template bool LRNLayer<double>::mtdnet_backward_cpu(
     const vector<Blob<double>*>&, const vector<bool>&, const vector<Blob<double>*>&);
 
 }  // namespace caffe
+
+// For ctypes (mtdnet.caffe_speed.caffe_threads): whether this process runs
+// the fast path, and on how many threads.
+extern "C" int mtdnet_caffe_fast() { return caffe::mtdnet_cpu_fast() ? 1 : 0; }
+extern "C" int mtdnet_caffe_threads() { return caffe::mtdnet_cpu_threads(); }

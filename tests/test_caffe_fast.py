@@ -1,0 +1,113 @@
+"""The CPU fast path of our Caffe build (scripts/patch_caffe.sh, section F) computes what
+stock Caffe computes: every blob's data and diff and every parameter's gradient of every
+variant's train net, against golden values recorded from the unpatched build
+(tests/data/caffe_stock_golden.npz, tools/record_caffe_golden.py) and against the stock
+code paths kept in the same build (MTDNET_CAFFE_FAST=0), whole arrays. Tolerance:
+|fast - stock| <= 1e-5 x the blob's largest magnitude (float summation order only)."""
+import os
+
+import pytest
+
+from mtdnet import caffe_speed as cs
+
+GOLDEN_META, GOLDEN = cs.read_golden()
+CASES = {c.name: c for c in cs.cases()}
+
+
+def _fails(bad):
+    return ", ".join(f"{name} ({rel:.2e})" for name, rel in bad[:8])
+
+
+def test_the_golden_file_covers_every_trained_variant_at_both_profiles():
+    assert set(GOLDEN) == set(CASES)
+    assert GOLDEN_META["tolerance"] == cs.TOLERANCE
+    for name, arrays in GOLDEN.items():
+        assert any(k.startswith("param/") for k in arrays), name
+        assert any(k.endswith("/diff/val") and float(arrays[k[:-4] + "/max"]) > 0 for k in arrays), name
+
+
+def test_this_build_runs_the_fast_path_on_openblas_threads():
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
+    assert cs.child_info("fast", env) == dict(fast=True, threads=2)
+    assert cs.child_info("stock", env)["fast"] is False
+    assert cs.child_info("fast", dict(os.environ, OPENBLAS_NUM_THREADS="1"))["threads"] == 1
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_train_net_equals_the_unpatched_build(name):
+    got = cs.capture(CASES[name], "fast", seed=GOLDEN_META["seed"])
+    bad = cs.compare(got, GOLDEN[name])
+    assert not bad, f"{name}: beyond {cs.TOLERANCE:g} of stock Caffe: {_fails(bad)}"
+
+
+def test_the_golden_check_catches_other_values():
+    name = "scratch_mtdnet_b2"
+    moved = cs.capture(CASES[name], "fast", seed=GOLDEN_META["seed"] + 1)
+    assert len(cs.compare(moved, GOLDEN[name])) > 10
+
+
+@pytest.mark.parametrize("name,workspace_mb", [
+    ("scratch_mtdnet_b2", None), ("scratch_cross_b2", None), ("scratch_rnk_b2", None),
+    ("scratch_mtdnet_b2", "0.05"),   # a chunk of one image: the chunk loop and its offsets
+    ("paper_mtdnet_b2", "1"),
+])
+def test_fast_path_equals_the_stock_code_whole_arrays(name, workspace_mb):
+    env = dict(os.environ)
+    if workspace_mb:
+        env["MTDNET_CONV_WORKSPACE_MB"] = workspace_mb
+    fast = cs.capture(CASES[name], "fast", env=env)
+    stock = cs.capture(CASES[name], "stock", env=env)
+    assert set(fast) == set(stock)
+    bad = cs.compare(fast, stock)
+    assert not bad, f"{name}: {_fails(bad)}"
+
+
+ZOO = """
+name: "zoo"
+force_backward: true
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 5 dim: 4 dim: 23 dim: 19 } } }
+layer { name: "odd" type: "Convolution" bottom: "x" top: "odd"
+  convolution_param { num_output: 6 group: 2 bias_term: false kernel_h: 3 kernel_w: 4
+    pad_h: 2 pad_w: 1 stride_h: 2 stride_w: 3 dilation: 2 } }
+layer { name: "leaky" type: "ReLU" bottom: "odd" top: "odd" relu_param { negative_slope: 0.1 } }
+layer { name: "wide" type: "Convolution" bottom: "x" top: "wide"
+  convolution_param { num_output: 8 kernel_size: 5 pad: 3 stride: 1 } }
+layer { name: "relu" type: "ReLU" bottom: "wide" top: "wide" }
+layer { name: "pool" type: "Pooling" bottom: "wide" top: "pool" top: "mask"
+  pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "lrn" type: "LRN" bottom: "pool" top: "lrn" lrn_param { local_size: 3 alpha: 0.01 beta: 0.6 k: 2 } }
+layer { name: "lrn75" type: "LRN" bottom: "lrn" top: "lrn75" lrn_param { local_size: 5 alpha: 0.001 beta: 0.75 } }
+layer { name: "one" type: "Convolution" bottom: "lrn75" top: "one" convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "ave" type: "Pooling" bottom: "one" top: "ave" pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "ave" top: "fc" inner_product_param { num_output: 7 } }
+layer { name: "fc2" type: "InnerProduct" bottom: "odd" top: "fc2" inner_product_param { num_output: 7 } }
+layer { name: "sum" type: "Eltwise" bottom: "fc" bottom: "fc2" top: "sum" }
+layer { name: "loss" type: "Reduction" bottom: "sum" top: "loss" loss_weight: 1 reduction_param { operation: SUMSQ } }
+"""
+
+
+@pytest.mark.parametrize("workspace_mb", [None, "0.004"])
+def test_unusual_geometries_equal_the_stock_code(workspace_mb):
+    """Grouped, dilated, asymmetric stride and padding, no bias, 1x1, leaky ReLU, max pooling
+    with padding and a mask top, LRN at beta 0.6 and 0.75: fast against stock, whole arrays."""
+    env = dict(os.environ)
+    if workspace_mb:
+        env["MTDNET_CONV_WORKSPACE_MB"] = workspace_mb
+    fast = cs.capture(ZOO, "fast", env=env)
+    stock = cs.capture(ZOO, "stock", env=env)
+    assert float(abs(stock["blob/x/diff"]).max()) > 0       # col2im ran for the input
+    bad = cs.compare(fast, stock)
+    assert not bad, _fails(bad)
+
+
+def test_compare_flags_a_changed_value():
+    import numpy as np
+    a = {"blob/y/data": np.linspace(-1, 1, 50, dtype=np.float32)}
+    b = {"blob/y/data": a["blob/y/data"].copy()}
+    assert cs.compare(b, a) == []
+    b["blob/y/data"][7] += 1e-4
+    assert [n for n, _ in cs.compare(b, a)] == ["blob/y/data"]
+    golden = cs.golden_samples(a)
+    assert cs.compare(a, golden) == []
+    c = {"blob/y/data": a["blob/y/data"] * 1.001}
+    assert cs.compare(c, golden)
