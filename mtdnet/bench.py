@@ -61,7 +61,7 @@ from tqdm import tqdm
 from data_prep import synthetic
 from data_prep.build import prepare
 from layers.triplet_data import Prefetcher, TripletBatcher, open_sources
-from mtdnet import caffe_run, cmc, scoring
+from mtdnet import caffe_run, caffe_speed, cmc, scoring
 from mtdnet.caffelog import caffe_time_ms, iteration_times
 from prototxt import generate, weights
 from spec import REPO_ROOT, MtdnetError, Project, Run, get_dataset, get_profile
@@ -436,7 +436,6 @@ def measure_train(profile, iters, warmup, seed, rounds, hdf5_batches=2):
 
 def measure_caffe(profile, iters, rounds, seed):
     """The fast path against the stock code on `profile`'s MTDnet train net (see the module doc)."""
-    from mtdnet import caffe_speed
     case = caffe_speed.NetCase("mtdnet", profile, get_profile(profile).batch_triplets)
     text = case.net_text()
     runs = {m: [] for m in caffe_speed.MODES}

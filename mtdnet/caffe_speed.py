@@ -15,10 +15,12 @@ process) on the same net, weights, inputs and Caffe RNG seed:
 
 Blob values are compared relative to each blob's largest magnitude (compare()).
 """
+import ctypes
 import dataclasses
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,9 +28,13 @@ import time
 import zlib
 
 import numpy as np
+from caffe.proto import caffe_pb2
+from google.protobuf import text_format
 
+from prototxt import generate, weights
 from spec import Project, Run
 from spec.errors import MtdnetError
+from spec.variants import trained_variants
 
 FAST_ENV = "MTDNET_CAFFE_FAST"
 MODES = ("stock", "fast")
@@ -51,9 +57,6 @@ class NetCase:
         return f"{self.profile}_{self.variant}_b{self.batch}"
 
     def net_text(self):
-        from google.protobuf import text_format
-        from caffe.proto import caffe_pb2
-        from prototxt import generate, weights
         run = Run.create(self.dataset, self.variant, self.profile)
         param = text_format.Parse(generate.train_net_text(run, batch=self.batch), caffe_pb2.NetParameter())
         param, _ = weights.with_input_layers(param, batch=self.batch, where=self.name)
@@ -62,7 +65,6 @@ class NetCase:
 
 def cases(profiles=("scratch", "paper"), batch=2):
     """Every trained variant's train net at each profile (the equality checks' scope)."""
-    from spec.variants import trained_variants
     return [NetCase(v.key, p, max(batch, v.min_batch)) for p in profiles for v in trained_variants()]
 
 
@@ -120,8 +122,6 @@ def _capture(net_text, seed):
 
 def _flops(net, net_text):
     """Forward and backward multiply-add FLOPs of each Convolution / InnerProduct layer."""
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
     param = text_format.Parse(net_text, caffe_pb2.NetParameter())
     learns = {l.name: (any(p.lr_mult != 0 for p in l.param) or not l.param) for l in param.layer}
     need = {}
@@ -219,7 +219,6 @@ def child_main(argv):
 def caffe_threads():
     """{"fast": this process runs the fast path, "threads": on how many threads} of the Caffe
     pycaffe loaded (a build without the fast path: its OpenBLAS thread count)."""
-    import ctypes
     import caffe._caffe
     lib = ctypes.CDLL(caffe._caffe.__file__)     # dlsym searches libcaffe and OpenBLAS behind it
     try:
@@ -259,7 +258,6 @@ def load(out):
         with open(out) as f:
             return json.load(f)
     finally:
-        import shutil
         shutil.rmtree(os.path.dirname(out), ignore_errors=True)
 
 
