@@ -85,7 +85,7 @@ def _net(net_text, seed):
     done = set()
     for lname, blobs in net.params.items():
         for i, b in enumerate(blobs):
-            key = id(b.data.__array_interface__["data"][0])
+            key = b.data.__array_interface__["data"][0]      # the blob's memory address
             if key in done:          # a blob shared by name: filled once
                 continue
             done.add(key)

@@ -303,7 +303,8 @@ bool BaseConvolutionLayer<Dtype>::mtdnet_forward_cpu(
   const int threads = mtdnet_cpu_threads();
   const size_t max_cols = static_cast<size_t>(chunk) * spatial;
   Dtype* col = mtdnet_workspace<Dtype>((rows + out_channels) * max_cols +
-                                       static_cast<size_t>(chunk) * g.channels * phase_plane(g));
+      std::max(static_cast<size_t>(chunk) * g.channels * phase_plane(g),
+               static_cast<size_t>(kernel_dim_) * (conv_out_channels_ / group_)));
   Dtype* out = col + rows * max_cols;
   Dtype* phases = out + out_channels * max_cols;
   const Dtype* weight = this->blobs_[0]->cpu_data();
@@ -356,7 +357,8 @@ bool BaseConvolutionLayer<Dtype>::mtdnet_backward_cpu(
   const int threads = mtdnet_cpu_threads();
   const size_t max_cols = static_cast<size_t>(chunk) * spatial;
   Dtype* col = mtdnet_workspace<Dtype>((rows + out_channels) * max_cols +
-                                       static_cast<size_t>(chunk) * g.channels * phase_plane(g));
+      std::max(static_cast<size_t>(chunk) * g.channels * phase_plane(g),
+               static_cast<size_t>(kernel_dim_) * (conv_out_channels_ / group_)));
   Dtype* out = col + rows * max_cols;
   Dtype* phases = out + out_channels * max_cols;
   const Dtype* weight = this->blobs_[0]->cpu_data();
@@ -391,11 +393,17 @@ bool BaseConvolutionLayer<Dtype>::mtdnet_backward_cpu(
       if (weight_diff) {
         im2col_chunk(bottom_data + static_cast<size_t>(n0) * bottom_dim_, bottom_dim_, images,
                      g, spatial, col, phases, threads);
+        // The transposed product (rows x outputs, then added in place): OpenBLAS runs
+        // this orientation of a long-k, small-output GEMM 10-30% faster.
+        Dtype* wt = phases;  // free again after im2col; sized for it (>= rows x outputs)
         for (int gr = 0; gr < group_; ++gr) {
-          caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasTrans, group_out, group_rows,
-              cols, Dtype(1), out + gr * group_out * cols,
-              col + gr * group_rows * cols, Dtype(1),
-              weight_diff + weight_offset_ * gr);
+          caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasTrans, group_rows, group_out, cols,
+              Dtype(1), col + gr * group_rows * cols, out + gr * group_out * cols,
+              Dtype(0), wt);
+          Dtype* dw = weight_diff + weight_offset_ * gr;
+          for (int m = 0; m < group_out; ++m) {
+            for (int k = 0; k < group_rows; ++k) dw[m * group_rows + k] += wt[k * group_out + m];
+          }
         }
       }
       if (bottom_diff) {
@@ -650,4 +658,6 @@ template bool LRNLayer<double>::mtdnet_backward_cpu(
 // For ctypes (mtdnet.caffe_speed.caffe_threads): whether this process runs
 // the fast path, and on how many threads.
 extern "C" int mtdnet_caffe_fast() { return caffe::mtdnet_cpu_fast() ? 1 : 0; }
-extern "C" int mtdnet_caffe_threads() { return caffe::mtdnet_cpu_threads(); }
+extern "C" int mtdnet_caffe_threads() {
+  return caffe::mtdnet_cpu_fast() ? caffe::mtdnet_cpu_threads() : openblas_get_num_threads();
+}
