@@ -47,7 +47,7 @@ help:
 	@echo "make table1     every stage of the paper for the datasets present, resumable, then the report:"
 	@echo "                  PROFILE=scratch [GPU=1 WEIGHTS=<ImageNet caffemodel> DRY_RUN=1]"
 	@echo "make prototxt   regenerate the committed prototxt/ and solvers/ (paper, scratch)"
-	@echo "make bench      speed and memory on this machine -> bench/results.json [BENCH_ARGS=--quick]"
+	@echo "make bench      speed and memory on this machine -> runs/bench/results.json [BENCH_ARGS=--quick]"
 	@echo "SET='field=value ...' overrides profile fields in data / train / eval (recorded, tags the run)"
 	@echo "The *_ARGS take the tool's own options: python tools/<prepare_data|train|evaluate>.py --help"
 	@test -x $(PY) && $(PY) tools/choices.py || echo "(run 'make setup' to list the valid values)"
@@ -108,7 +108,7 @@ table1:
 	$(ACTIVATE) python tools/table1.py --profile "$$ARG_PROFILE" \
 	  $(call opt,--weights,WEIGHTS) $(call flag,--gpu,GPU) $(call flag,--dry-run,DRY_RUN)
 
-# make bench [BENCH_ARGS="--parts scoring,cmc --blocks paper=8x8 ..."]: bench/results.json (tools/bench.py --help)
+# make bench [BENCH_ARGS="--parts caffe,scoring --blocks paper=8x8 ..."]: runs/bench/results.json (tools/bench.py --help)
 bench:
 	$(NEED_VENV)
 	$(ACTIVATE) python tools/with_args.py BENCH_ARGS python tools/bench.py

@@ -14,6 +14,13 @@ process) on the same net, weights, inputs and Caffe RNG seed:
   Caffe InnerProduct layer (the yardstick of "fraction of peak").
 
 Blob values are compared relative to each blob's largest magnitude (compare()).
+
+Why the tests check forward and backward apart: a batched GEMM sums in another order
+than Caffe's per-image GEMMs, so a convolution's outputs differ in the last bits, and
+where two inputs of a max-pooling window are tied within that rounding the two builds
+may pick different winners; the gradient then flows to a different element (both are
+the max's gradient). So forward outputs are compared from a forward of each build, and
+gradients from a stock forward followed by each build's backward (same winners).
 """
 import ctypes
 import dataclasses
@@ -97,19 +104,30 @@ def _net(net_text, seed):
     return net
 
 
-def _forward_backward(net, seed):
+def _set_fast(on):
+    import caffe._caffe
+    ctypes.CDLL(caffe._caffe.__file__).mtdnet_caffe_set_fast(1 if on else 0)
+
+
+def _forward_backward(net, seed, forward=None, backward=None):
+    """One forward + backward; forward / backward = "stock" or "fast" switch the code path
+    for that half (None: as the process's MTDNET_CAFFE_FAST says)."""
     import caffe
     caffe.set_random_seed(seed)      # Dropout draws the same masks on both sides
     for blobs in net.params.values():
         for b in blobs:
             b.diff[...] = 0
+    if forward:
+        _set_fast(forward == "fast")
     net.forward()
+    if backward:
+        _set_fast(backward == "fast")
     net.backward()
 
 
-def _capture(net_text, seed):
+def _capture(net_text, seed, forward=None, backward=None):
     net = _net(net_text, seed)
-    _forward_backward(net, seed)
+    _forward_backward(net, seed, forward, backward)
     out = {}
     for name, b in net.blobs.items():
         out[f"blob/{name}/data"] = b.data.copy()
@@ -197,7 +215,7 @@ def child_main(argv):
         job = json.load(f)
     out = argv[1]
     if job["kind"] == "capture":
-        arrays = _capture(job["net_text"], job["seed"])
+        arrays = _capture(job["net_text"], job["seed"], job.get("forward"), job.get("backward"))
         np.savez(out + ".tmp.npz", **arrays)
         os.replace(out + ".tmp.npz", out)
         return 0
@@ -261,10 +279,12 @@ def load(out):
         shutil.rmtree(os.path.dirname(out), ignore_errors=True)
 
 
-def capture(net, mode, seed=1701, env=None):
-    """Every array of one forward + backward of net (a NetCase or a net's text) in a child."""
+def capture(net, mode, seed=1701, env=None, forward=None, backward=None):
+    """Every array of one forward + backward of net (a NetCase or a net's text) in a child
+    started in `mode`; forward / backward override the code path of that half."""
     text = net if isinstance(net, str) else net.net_text()
-    return load(run_child(mode, dict(kind="capture", net_text=text, seed=seed), env=env))
+    job = dict(kind="capture", net_text=text, seed=seed, forward=forward, backward=backward)
+    return load(run_child(mode, job, env=env))
 
 
 def child_info(mode, env=None):

@@ -12,14 +12,17 @@
 // gradient (float rounding only).
 //
 // MTDNET_CAFFE_FAST=0 in the environment runs the stock code paths instead
-// (the benchmark and the tests compare the two in one build).
+// (the benchmark and the tests compare the two in one build; the tests also
+// switch between them within a process, mtdnet_caffe_set_fast).
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "caffe/layers/base_conv_layer.hpp"
@@ -33,26 +36,35 @@ extern "C" void openblas_set_num_threads(int);
 
 namespace caffe {
 
+namespace {
+// -1: not read yet; then 0 or 1. MTDNET_CAFFE_FAST sets it; mtdnet_caffe_set_fast
+// switches it (the tests run a stock forward and a fast backward in one process).
+std::atomic<int> fast_path(-1);
+}  // namespace
+
 bool mtdnet_cpu_fast() {
-  static const bool fast = [] {
+  int on = fast_path.load(std::memory_order_relaxed);
+  if (on < 0) {
     const char* v = std::getenv("MTDNET_CAFFE_FAST");
-    return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "no") == 0 ||
-                   std::strcmp(v, "false") == 0));
-  }();
-  return fast;
+    on = (v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "no") == 0 ||
+                std::strcmp(v, "false") == 0)) ? 0 : 1;
+    fast_path.store(on, std::memory_order_relaxed);
+  }
+  return on == 1;
 }
 
 // One pool of threads: OpenBLAS would keep its own workers spinning beside
 // OpenMP's (on 2 cores the two pools take turns by the scheduler's time slice).
-// On first use OpenBLAS is set to one thread and its thread count becomes
-// ours; mtdnet_gemm splits each large GEMM over our threads.
+// When the fast path first runs, OpenBLAS is set to one thread and its thread
+// count becomes ours; mtdnet_gemm splits each large GEMM over our threads.
 int mtdnet_cpu_threads() {
   static const int threads = [] {
-    if (!mtdnet_cpu_fast()) return 1;
     const int n = openblas_get_num_threads();
-    openblas_set_num_threads(1);
     return n > 0 ? n : 1;
   }();
+  if (!mtdnet_cpu_fast()) return 1;
+  static std::once_flag single;
+  std::call_once(single, [] { openblas_set_num_threads(1); });
   return threads;
 }
 
@@ -661,3 +673,4 @@ extern "C" int mtdnet_caffe_fast() { return caffe::mtdnet_cpu_fast() ? 1 : 0; }
 extern "C" int mtdnet_caffe_threads() {
   return caffe::mtdnet_cpu_fast() ? caffe::mtdnet_cpu_threads() : openblas_get_num_threads();
 }
+extern "C" void mtdnet_caffe_set_fast(int on) { caffe::fast_path.store(on ? 1 : 0); }
