@@ -364,7 +364,7 @@ def measure_train(profile, iters, warmup, seed, rounds, hdf5_batches=2):
     (b) replaced by Input layers, whose blobs stay zero. The same net computes
     measurably faster on zeros (max pooling's comparisons become predictable
     branches), so (b) would count that as our overhead. `rounds` alternations
-    of the three runs; the fastest iteration of each counts (see below).
+    of the three runs; the overhead is the median of the rounds' ratios (see below).
     """
     import h5py
     prof = get_profile(profile)
