@@ -231,4 +231,4 @@ step "check"
 "$VPY" -c 'import caffe, layers' || die "import caffe / layers failed in the venv"
 echo "    $("$VENV/bin/caffe" --version 2>&1 | tail -n1); pycaffe from $CAFFE_PY"
 trap - EXIT
-echo "setup: done. Activate with: source .venv/bin/activate"
+echo "setup: done. Activate with: source $VENV/bin/activate"
