@@ -39,7 +39,7 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 from prototxt import generate, weights
-from spec import Project, Run
+from spec import REPO_ROOT, Project, Run
 from spec.errors import MtdnetError
 from spec.variants import trained_variants
 
@@ -49,6 +49,7 @@ MODES = ("stock", "fast")
 # |a - b| <= TOLERANCE * max|b| per blob (float rounding moves the last bits only).
 GOLDEN_SAMPLES = 64
 TOLERANCE = 1e-5
+GOLDEN_SEED = 1701       # weights, inputs and Caffe's RNG of every captured net by default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +105,14 @@ def _net(net_text, seed):
     return net
 
 
-def _set_fast(on):
+def _libcaffe():
+    """The loaded pycaffe through ctypes (dlsym finds libcaffe's and OpenBLAS's symbols)."""
     import caffe._caffe
-    ctypes.CDLL(caffe._caffe.__file__).mtdnet_caffe_set_fast(1 if on else 0)
+    return ctypes.CDLL(caffe._caffe.__file__)
+
+
+def _set_fast(on):
+    _libcaffe().mtdnet_caffe_set_fast(1 if on else 0)
 
 
 def _forward_backward(net, seed, forward=None, backward=None):
@@ -237,8 +243,7 @@ def child_main(argv):
 def caffe_threads():
     """{"fast": this process runs the fast path, "threads": on how many threads} of the Caffe
     pycaffe loaded (a build without the fast path: its OpenBLAS thread count)."""
-    import caffe._caffe
-    lib = ctypes.CDLL(caffe._caffe.__file__)     # dlsym searches libcaffe and OpenBLAS behind it
+    lib = _libcaffe()
     try:
         return dict(fast=bool(lib.mtdnet_caffe_fast()), threads=int(lib.mtdnet_caffe_threads()))
     except AttributeError:
@@ -279,7 +284,7 @@ def load(out):
         shutil.rmtree(os.path.dirname(out), ignore_errors=True)
 
 
-def capture(net, mode, seed=1701, env=None, forward=None, backward=None):
+def capture(net, mode, seed=GOLDEN_SEED, env=None, forward=None, backward=None):
     """Every array of one forward + backward of net (a NetCase or a net's text) in a child
     started in `mode`; forward / backward override the code path of that half."""
     text = net if isinstance(net, str) else net.net_text()
@@ -339,9 +344,7 @@ def golden_samples(arrays):
     return out
 
 
-GOLDEN_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "tests", "data", "caffe_stock_golden.npz")
-GOLDEN_SEED = 1701
+GOLDEN_PATH = os.path.join(REPO_ROOT, "tests", "data", "caffe_stock_golden.npz")
 
 
 def record_golden(out=GOLDEN_PATH, log=print):

@@ -58,7 +58,7 @@ if [ "${2:-}" != "stock" ]; then
   decl_fwd='  bool mtdnet_forward_cpu(const vector<Blob<Dtype>*>\& bottom,\n      const vector<Blob<Dtype>*>\& top);\n'
   decl_bwd='  bool mtdnet_backward_cpu(const vector<Blob<Dtype>*>\& top,\n      const vector<bool>\& propagate_down, const vector<Blob<Dtype>*>\& bottom);\n'
   note='  // The CPU fast path (util/mtdnet_cpu.cpp); false: the stock code runs.\n'
-  perl -0pi -e "s|( protected:\n)|\$1${note}  bool mtdnet_conv_geometry(void* geometry, int* chunk);\n${decl_fwd}${decl_bwd}|" \
+  perl -0pi -e "s|( protected:\n)|\$1${note}  bool mtdnet_conv_plan(void* plan);\n${decl_fwd}${decl_bwd}|" \
     include/caffe/layers/base_conv_layer.hpp
   for h in pooling lrn; do
     perl -0pi -e "s|( protected:\n)|\$1${note}${decl_fwd}${decl_bwd}|" "include/caffe/layers/${h}_layer.hpp"

@@ -46,6 +46,7 @@ def _diffs(arrays):
 def _forward_and_backward(net, reference, env=None):
     """Failures of the fast path against reference arrays: the outputs of a fast forward,
     and the gradients of a fast backward after a stock forward (see mtdnet.caffe_speed)."""
+    net = net if isinstance(net, str) else net.net_text()     # generated once for both runs
     fast = cs.capture(net, "fast", seed=SEED, env=env)
     grads = cs.capture(net, "fast", seed=SEED, env=env, forward="stock", backward="fast")
     return cs.compare(_data(fast), _data(reference)) + cs.compare(_diffs(grads), _diffs(reference))

@@ -257,18 +257,31 @@ MTDNET_KERNEL void col2im_channel(const Dtype* col, size_t ld, const ConvGeometr
   }
 }
 
+// One convolution call's geometry, chunk of images, thread count and
+// workspace: the column matrix, the GEMM output and the input phases of a chunk
+// (after im2col the phase area holds the transposed weight gradient).
+template <typename Dtype>
+struct ConvPlan {
+  ConvGeometry g;
+  int chunk, rows, out_channels, group_rows, group_out, spatial, threads;
+  size_t max_cols;
+  Dtype* col;
+  Dtype* out;
+  Dtype* phases;
+};
+
 }  // namespace
 
 // ---------------------------------------------------------------- convolution
 
 template <typename Dtype>
-bool BaseConvolutionLayer<Dtype>::mtdnet_conv_geometry(void* geometry,
-    int* chunk) {
+bool BaseConvolutionLayer<Dtype>::mtdnet_conv_plan(void* plan) {
   if (!mtdnet_cpu_fast() || reverse_dimensions() || force_nd_im2col_ ||
       num_spatial_axes_ != 2) {
     return false;
   }
-  ConvGeometry& g = *static_cast<ConvGeometry*>(geometry);
+  ConvPlan<Dtype>& p = *static_cast<ConvPlan<Dtype>*>(plan);
+  ConvGeometry& g = p.g;
   const int* kernel = kernel_shape_.cpu_data();
   const int* pad = pad_.cpu_data();
   const int* stride = stride_.cpu_data();
@@ -287,9 +300,14 @@ bool BaseConvolutionLayer<Dtype>::mtdnet_conv_geometry(void* geometry,
   g.dilation_w = dilation[1];
   g.out_h = output_shape_[0];
   g.out_w = output_shape_[1];
-  const size_t per_image =
-      static_cast<size_t>(kernel_dim_ * group_ + conv_out_channels_) *
-      conv_out_spatial_dim_ + g.channels * phase_plane(g);
+  p.rows = kernel_dim_ * group_;
+  p.out_channels = conv_out_channels_;
+  p.group_rows = kernel_dim_;
+  p.group_out = conv_out_channels_ / group_;
+  p.spatial = conv_out_spatial_dim_;
+  p.threads = mtdnet_cpu_threads();
+  const size_t phase_floats = static_cast<size_t>(g.channels) * phase_plane(g);
+  const size_t per_image = static_cast<size_t>(p.rows + p.out_channels) * p.spatial + phase_floats;
   static const size_t budget = [] {
     const char* v = std::getenv("MTDNET_CONV_WORKSPACE_MB");
     const double mb = v ? std::atof(v) : 0;
@@ -297,55 +315,48 @@ bool BaseConvolutionLayer<Dtype>::mtdnet_conv_geometry(void* geometry,
                   : kMtdnetConvWorkspaceFloats;
   }();
   const size_t fit = budget / std::max<size_t>(per_image, 1);
-  *chunk = static_cast<int>(std::max<size_t>(1, std::min<size_t>(fit, num_)));
+  p.chunk = static_cast<int>(std::max<size_t>(1, std::min<size_t>(fit, num_)));
+  p.max_cols = static_cast<size_t>(p.chunk) * p.spatial;
+  p.col = mtdnet_workspace<Dtype>((p.rows + p.out_channels) * p.max_cols +
+      std::max(p.chunk * phase_floats, static_cast<size_t>(p.group_rows) * p.group_out));
+  p.out = p.col + p.rows * p.max_cols;
+  p.phases = p.out + p.out_channels * p.max_cols;
   return true;
 }
 
 template <typename Dtype>
 bool BaseConvolutionLayer<Dtype>::mtdnet_forward_cpu(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
-  ConvGeometry g;
-  int chunk = 0;
-  if (!mtdnet_conv_geometry(&g, &chunk)) return false;
-  const int rows = kernel_dim_ * group_;
-  const int out_channels = conv_out_channels_;
-  const int group_rows = kernel_dim_;
-  const int group_out = conv_out_channels_ / group_;
-  const int spatial = conv_out_spatial_dim_;
-  const int threads = mtdnet_cpu_threads();
-  const size_t max_cols = static_cast<size_t>(chunk) * spatial;
-  Dtype* col = mtdnet_workspace<Dtype>((rows + out_channels) * max_cols +
-      std::max(static_cast<size_t>(chunk) * g.channels * phase_plane(g),
-               static_cast<size_t>(kernel_dim_) * (conv_out_channels_ / group_)));
-  Dtype* out = col + rows * max_cols;
-  Dtype* phases = out + out_channels * max_cols;
+  ConvPlan<Dtype> p;
+  if (!mtdnet_conv_plan(&p)) return false;
+  const ConvGeometry& g = p.g;
   const Dtype* weight = this->blobs_[0]->cpu_data();
   const Dtype* bias = bias_term_ ? this->blobs_[1]->cpu_data() : NULL;
   for (int i = 0; i < bottom.size(); ++i) {
     const Dtype* bottom_data = bottom[i]->cpu_data();
     Dtype* top_data = top[i]->mutable_cpu_data();
-    for (int n0 = 0; n0 < num_; n0 += chunk) {
-      const int images = std::min(chunk, num_ - n0);
-      const size_t cols = static_cast<size_t>(images) * spatial;
+    for (int n0 = 0; n0 < num_; n0 += p.chunk) {
+      const int images = std::min(p.chunk, num_ - n0);
+      const size_t cols = static_cast<size_t>(images) * p.spatial;
       im2col_chunk(bottom_data + static_cast<size_t>(n0) * bottom_dim_, bottom_dim_, images,
-                   g, spatial, col, phases, threads);
+                   g, p.spatial, p.col, p.phases, p.threads);
       for (int gr = 0; gr < group_; ++gr) {
-        caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasNoTrans, group_out, cols,
-            group_rows, Dtype(1), weight + weight_offset_ * gr,
-            col + gr * group_rows * cols, Dtype(0),
-            out + gr * group_out * cols);
+        caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasNoTrans, p.group_out, cols,
+            p.group_rows, Dtype(1), weight + weight_offset_ * gr,
+            p.col + gr * p.group_rows * cols, Dtype(0),
+            p.out + gr * p.group_out * cols);
       }
-#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+#pragma omp parallel for collapse(2) num_threads(p.threads) schedule(static)
       for (int b = 0; b < images; ++b) {
-        for (int m = 0; m < out_channels; ++m) {
-          const Dtype* from = out + m * cols + static_cast<size_t>(b) * spatial;
+        for (int m = 0; m < p.out_channels; ++m) {
+          const Dtype* from = p.out + m * cols + static_cast<size_t>(b) * p.spatial;
           Dtype* to = top_data + static_cast<size_t>(n0 + b) * top_dim_ +
-                      static_cast<size_t>(m) * spatial;
+                      static_cast<size_t>(m) * p.spatial;
           if (bias) {
             const Dtype bm = bias[m];
-            for (int s = 0; s < spatial; ++s) to[s] = from[s] + bm;
+            for (int s = 0; s < p.spatial; ++s) to[s] = from[s] + bm;
           } else {
-            std::memcpy(to, from, sizeof(Dtype) * spatial);
+            std::memcpy(to, from, sizeof(Dtype) * p.spatial);
           }
         }
       }
@@ -358,21 +369,9 @@ template <typename Dtype>
 bool BaseConvolutionLayer<Dtype>::mtdnet_backward_cpu(
     const vector<Blob<Dtype>*>& top, const vector<bool>& propagate_down,
     const vector<Blob<Dtype>*>& bottom) {
-  ConvGeometry g;
-  int chunk = 0;
-  if (!mtdnet_conv_geometry(&g, &chunk)) return false;
-  const int rows = kernel_dim_ * group_;
-  const int out_channels = conv_out_channels_;
-  const int group_rows = kernel_dim_;
-  const int group_out = conv_out_channels_ / group_;
-  const int spatial = conv_out_spatial_dim_;
-  const int threads = mtdnet_cpu_threads();
-  const size_t max_cols = static_cast<size_t>(chunk) * spatial;
-  Dtype* col = mtdnet_workspace<Dtype>((rows + out_channels) * max_cols +
-      std::max(static_cast<size_t>(chunk) * g.channels * phase_plane(g),
-               static_cast<size_t>(kernel_dim_) * (conv_out_channels_ / group_)));
-  Dtype* out = col + rows * max_cols;
-  Dtype* phases = out + out_channels * max_cols;
+  ConvPlan<Dtype> p;
+  if (!mtdnet_conv_plan(&p)) return false;
+  const ConvGeometry& g = p.g;
   const Dtype* weight = this->blobs_[0]->cpu_data();
   Dtype* weight_diff =
       this->param_propagate_down_[0] ? this->blobs_[0]->mutable_cpu_diff() : NULL;
@@ -383,52 +382,52 @@ bool BaseConvolutionLayer<Dtype>::mtdnet_backward_cpu(
     if (!weight_diff && !bias_diff && !bottom_diff) continue;
     const Dtype* top_diff = top[i]->cpu_diff();
     const Dtype* bottom_data = bottom[i]->cpu_data();
-    for (int n0 = 0; n0 < num_; n0 += chunk) {
-      const int images = std::min(chunk, num_ - n0);
-      const size_t cols = static_cast<size_t>(images) * spatial;
+    for (int n0 = 0; n0 < num_; n0 += p.chunk) {
+      const int images = std::min(p.chunk, num_ - n0);
+      const size_t cols = static_cast<size_t>(images) * p.spatial;
       // The chunk's output gradient as one matrix per group; the bias
       // gradient summed per image as stock's per-image gemv does.
-#pragma omp parallel for num_threads(threads) schedule(static)
-      for (int m = 0; m < out_channels; ++m) {
+#pragma omp parallel for num_threads(p.threads) schedule(static)
+      for (int m = 0; m < p.out_channels; ++m) {
         for (int b = 0; b < images; ++b) {
           const Dtype* from = top_diff + static_cast<size_t>(n0 + b) * top_dim_ +
-                              static_cast<size_t>(m) * spatial;
-          std::memcpy(out + m * cols + static_cast<size_t>(b) * spatial, from,
-                      sizeof(Dtype) * spatial);
+                              static_cast<size_t>(m) * p.spatial;
+          std::memcpy(p.out + m * cols + static_cast<size_t>(b) * p.spatial, from,
+                      sizeof(Dtype) * p.spatial);
           if (bias_diff) {
             Dtype sum = 0;
-            for (int s = 0; s < spatial; ++s) sum += from[s];
+            for (int s = 0; s < p.spatial; ++s) sum += from[s];
             bias_diff[m] += sum;
           }
         }
       }
       if (weight_diff) {
         im2col_chunk(bottom_data + static_cast<size_t>(n0) * bottom_dim_, bottom_dim_, images,
-                     g, spatial, col, phases, threads);
+                     g, p.spatial, p.col, p.phases, p.threads);
         // The transposed product (rows x outputs, then added in place): OpenBLAS runs
         // this orientation of a long-k, small-output GEMM 10-30% faster.
-        Dtype* wt = phases;  // free again after im2col; sized for it (>= rows x outputs)
+        Dtype* wt = p.phases;  // free again after im2col; ConvPlan sizes it for this too
         for (int gr = 0; gr < group_; ++gr) {
-          caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasTrans, group_rows, group_out, cols,
-              Dtype(1), col + gr * group_rows * cols, out + gr * group_out * cols,
+          caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasTrans, p.group_rows, p.group_out, cols,
+              Dtype(1), p.col + gr * p.group_rows * cols, p.out + gr * p.group_out * cols,
               Dtype(0), wt);
           Dtype* dw = weight_diff + weight_offset_ * gr;
-          for (int m = 0; m < group_out; ++m) {
-            for (int k = 0; k < group_rows; ++k) dw[m * group_rows + k] += wt[k * group_out + m];
+          for (int m = 0; m < p.group_out; ++m) {
+            for (int k = 0; k < p.group_rows; ++k) dw[m * p.group_rows + k] += wt[k * p.group_out + m];
           }
         }
       }
       if (bottom_diff) {
         for (int gr = 0; gr < group_; ++gr) {
-          caffe_cpu_gemm<Dtype>(CblasTrans, CblasNoTrans, group_rows, cols,
-              group_out, Dtype(1), weight + weight_offset_ * gr,
-              out + gr * group_out * cols, Dtype(0),
-              col + gr * group_rows * cols);
+          caffe_cpu_gemm<Dtype>(CblasTrans, CblasNoTrans, p.group_rows, cols,
+              p.group_out, Dtype(1), weight + weight_offset_ * gr,
+              p.out + gr * p.group_out * cols, Dtype(0),
+              p.col + gr * p.group_rows * cols);
         }
-#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+#pragma omp parallel for collapse(2) num_threads(p.threads) schedule(static)
         for (int b = 0; b < images; ++b) {
           for (int c = 0; c < g.channels; ++c) {
-            col2im_channel(col + static_cast<size_t>(b) * spatial, cols, g, c,
+            col2im_channel(p.col + static_cast<size_t>(b) * p.spatial, cols, g, c,
                            bottom_diff + static_cast<size_t>(n0 + b) * bottom_dim_);
           }
         }
@@ -438,8 +437,8 @@ bool BaseConvolutionLayer<Dtype>::mtdnet_backward_cpu(
   return true;
 }
 
-template bool BaseConvolutionLayer<float>::mtdnet_conv_geometry(void*, int*);
-template bool BaseConvolutionLayer<double>::mtdnet_conv_geometry(void*, int*);
+template bool BaseConvolutionLayer<float>::mtdnet_conv_plan(void*);
+template bool BaseConvolutionLayer<double>::mtdnet_conv_plan(void*);
 template bool BaseConvolutionLayer<float>::mtdnet_forward_cpu(
     const vector<Blob<float>*>&, const vector<Blob<float>*>&);
 template bool BaseConvolutionLayer<double>::mtdnet_forward_cpu(
