@@ -250,6 +250,24 @@ def caffe_threads():
         return dict(fast=False, threads=int(lib.openblas_get_num_threads()))
 
 
+def compute_record():
+    """What changes float summation order, for run.json and cmc.json: the Caffe code path,
+    its thread count and the machine's CPU count (a rerun with other values may move a
+    rank-1 by a point). A `caffe` child process inherits this process's environment, so
+    this process's answer is the child's."""
+    return dict(caffe_threads(), cpus=os.cpu_count())
+
+
+def add_compute(info):
+    """info["compute"]: the distinct compute_record()s of every part of a (resumed) run."""
+    parts = list(info.get("compute") or [])
+    now = compute_record()
+    if now not in parts:
+        parts.append(now)
+    info["compute"] = parts
+    return info
+
+
 # ---- in the parent ---------------------------------------------------------------------------
 
 def run_child(mode, job, env=None, timeout=None):

@@ -28,6 +28,7 @@ import numpy as np
 from data_prep.imagedb import ImageDB
 from data_prep.prepared import load_prepared
 from mtdnet import caffe_run, cmc, plots, scoring, trials
+from mtdnet.caffe_speed import compute_record
 from prototxt import generate
 from spec import MtdnetError, Split
 from spec.runs import MEAN as MEAN_SPLIT
@@ -215,7 +216,8 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print, selected=None):
         data=project.rel(prepared.dir), deploy=deploy, score_kind=kind, scoring=SCORE_KINDS[kind],
         scorer=ev.scorer if kind == "pair" else "features",
         scored=[int(rows.size), int(cols.size)], score_seconds=round(seconds, 1),
-        evaluated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        evaluated=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        compute=compute_record(), train_compute=info.get("compute"))
     if selected is not None:
         body["selected"] = selected
 

@@ -60,7 +60,7 @@ def publish(run, results=()):
             if f.startswith("cmc-") and f.endswith(".json") and "-val-" not in f:
                 files.append((os.path.join(r.result_dir, f), f"{r.result_name}.{f}"))
     out = model_dir(run)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, guard=(_ours, "a published model", "Move your own files out of it first.")) as tmp:
         for src, name in files:
             shutil.copyfile(src, os.path.join(tmp, name))
         train, evaluate = run.commands()
@@ -71,6 +71,17 @@ def publish(run, results=()):
                           f"and check the files with `sha256sum -c {SUMS}`.\n")
         atomic_write_text(os.path.join(tmp, SUMS), "".join(f"{sha256(src)}  {name}\n" for src, name in files))
     return out
+
+
+def _ours(folder):
+    """A folder publish() wrote: README.md, SHA256SUMS and the files SHA256SUMS lists, nothing else."""
+    sums = os.path.join(folder, SUMS)
+    try:
+        with open(sums) as f:
+            listed = {line.split()[1] for line in f if line.strip()}
+    except (OSError, IndexError):
+        return False
+    return set(os.listdir(folder)) <= listed | {SUMS, "README.md"}
 
 
 def published(run):

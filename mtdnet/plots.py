@@ -26,9 +26,23 @@ MATCH_COLOR = "#1a9850"
 PROBE_COLOR = "#2166ac"
 
 
+# The PNG's Software text: how a later report knows a picture is its own to replace.
+PNG_SOFTWARE = "MTDnet reproduction (mtdnet/plots.py)"
+
+
+def made_here(path):
+    """A PNG these functions drew (its Software text chunk)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and PNG_SOFTWARE.encode() in head
+
+
 def _save(fig, path):
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": PNG_SOFTWARE})
     atomic_write_bytes(path, buf.getvalue())
     return path
 

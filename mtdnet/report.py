@@ -12,11 +12,12 @@ import dataclasses
 import glob
 import json
 import os
+import tempfile
 
 from data_prep.datasets import default_root
 from mtdnet import plots
 from spec import DataSpec, MtdnetError, Project, Run, Split, datasets, variants
-from spec.fsutil import atomic_write_bytes, atomic_write_text, read_json
+from spec.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, read_json, require_replaceable
 
 # Table 1 (the paper's rows, titles, types, dataset columns) comes from the variant
 # and dataset registries (spec/variants.py, spec/datasets.py).
@@ -223,18 +224,92 @@ def best_per_dataset(results):
     return best
 
 
+HEADING = "# MTDnet reproduction: Table 1\n"
+KEEP_YOURS = "Move your own files out of it, or give --out another folder (a new one, or one `make report` wrote)."
+
+
+def _report_md_ours(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.readline() == HEADING
+    except OSError:
+        return False
+
+
+def _report_file(rel):
+    """A file name a report writes (report.md, report_*.png, <run>/cmc-*.json, <run>/run.json)."""
+    parts = rel.split(os.sep)
+    if len(parts) == 1:
+        return rel == "report.md" or (rel.startswith("report_") and rel.endswith(".png"))
+    return len(parts) == 2 and (parts[1] == "run.json" or (parts[1].startswith("cmc-") and parts[1].endswith(".json")))
+
+
+def _report_folder_ours(folder):
+    """A folder `make report --out` wrote: its report.md and only files of the report's kinds."""
+    if not _report_md_ours(os.path.join(folder, "report.md")):
+        return False
+    for r, _, fs in os.walk(folder):
+        for f in fs:
+            if not _report_file(os.path.relpath(os.path.join(r, f), folder)):
+                return False
+    return True
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_replaceable_in_runs(runs_dir, names):
+    """The report files written into the runs folder replace only the report's own files."""
+    md = os.path.join(runs_dir, "report.md")
+    md_ours = _report_md_ours(md)
+    for name in names:
+        path = os.path.join(runs_dir, name)
+        if not os.path.lexists(path):
+            continue
+        # A picture of an older report (drawn before PNGs carried their Software text) goes
+        # with its report.md.
+        ours = md_ours if name == "report.md" else (plots.made_here(path) or (md_ours and _is_png(path)))
+        if not ours or not os.path.isfile(path):
+            raise MtdnetError(f"{path}: exists and was not written by `make report`; refusing to replace "
+                              f"it. {KEEP_YOURS}")
+
+
 def build_report(runs_dir, out_dir=None):
     """Write report.md, report_cmc.png, report_ranked_<dataset>.png under out_dir (default:
     runs_dir). Into another folder (a docs page) it also copies what the notes cite: each
-    result's cmc JSON and its training's run.json, as <run>/<file>.
+    result's cmc JSON and its training's run.json, as <run>/<file>; that folder is replaced as a
+    whole, and only when it is new, empty or a report folder. Nothing is replaced until every
+    file is drawn, and never a file the report did not write.
 
     Returns (markdown, [written paths])."""
+    if not os.path.isdir(runs_dir):
+        raise MtdnetError(f"{runs_dir}: runs folder not found (--runs-dir)")
     results = find_results(runs_dir)
     if not results:
         raise MtdnetError(f"{runs_dir}: no cmc-<protocol>.json results; run `make eval` first")
     out_dir = out_dir or runs_dir
-    os.makedirs(out_dir, exist_ok=True)
+    elsewhere = os.path.realpath(out_dir) != os.path.realpath(runs_dir)
+    guard = (_report_folder_ours, "a report", KEEP_YOURS)
+    if elsewhere:
+        require_replaceable(out_dir, *guard)
     records = {r["path"]: training_record(r, runs_dir) for r in results}
+    if elsewhere:
+        with atomic_dir(out_dir, guard=guard) as tmp:
+            md, names = _draw_report(results, records, tmp, runs_dir, copies=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix=".report.partial-", dir=runs_dir) as stage:
+            md, names = _draw_report(results, records, stage, runs_dir, copies=False)
+            _check_replaceable_in_runs(runs_dir, names)
+            for name in sorted(names, key=lambda n: n == "report.md"):   # report.md last
+                os.replace(os.path.join(stage, name), os.path.join(runs_dir, name))
+    return md, [os.path.join(out_dir, n) for n in names]
+
+
+def _draw_report(results, records, out_dir, runs_dir, copies):
+    """The report's files under out_dir (a staging folder); returns (markdown, [relative names]),
+    report.md first."""
     written = []
     cmc_png = os.path.join(out_dir, "report_cmc.png")
     plots.plot_cmc([(f"{r['run']}", r) for r in results], cmc_png, title="CMC of every evaluated run")
@@ -252,7 +327,7 @@ def build_report(runs_dir, out_dir=None):
         written.append(_copy(png, dst))
         lines.append(f"- {dataset_title(d)}: `{os.path.basename(dst)}` "
                      f"(from `{r['run']}`, {r['protocol']} protocol, rank-1 {r['rank1']:.2f})")
-    if os.path.realpath(out_dir) != os.path.realpath(runs_dir):
+    if copies:
         for r in results:
             written.append(_copy(r["path"], os.path.join(out_dir, r["run"], os.path.basename(r["path"]))))
         # Each training's record once (MTDnet-trp's is MTDnet's).
@@ -263,14 +338,14 @@ def build_report(runs_dir, out_dir=None):
               if not os.path.isdir(default_root(d)) and d not in {dataset_key(r["dataset"]) for r in results}]
     missing = (f"Not available on this machine (no raw data): {', '.join(absent)}; their columns hold the "
                f"paper's numbers only.\n\n" if absent else "")
-    md = ("# MTDnet reproduction: Table 1\n\n" + missing + table1_markdown(results, records)
+    md = (HEADING + "\n" + missing + table1_markdown(results, records)
           + "\nCMC curves per dataset (all of them together: `report_cmc.png`):\n\n" + "\n".join(curves)
           + "\n\nRanked galleries (probe and top 10, true match framed in green), best rank-1 per "
             "dataset:\n\n" + "\n".join(lines) + "\n")
     path = os.path.join(out_dir, "report.md")
     atomic_write_text(path, md)
     written.insert(0, path)
-    return md, written
+    return md, [os.path.relpath(p, out_dir) for p in written]
 
 
 def _copy(src, dst):

@@ -19,6 +19,7 @@ from google.protobuf import text_format
 
 from data_prep import build
 from mtdnet import caffe_run
+from mtdnet.caffe_speed import add_compute
 from mtdnet.gpu import require_gpu_build
 from mtdnet.plots import plot_loss_curve
 from prototxt import generate
@@ -239,6 +240,7 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
                     source_split=run.source_split.name, seed=seed, max_iter=max_iter, init=init,
                     solver=solver_rel, data=[project.rel(d.dir) for d in run.all_data], gpu=gpu, tag=run.tag,
                     source=run.source_data.dataset.name if run.source_data else None)
+        add_compute(info)
         atomic_write_json(run.info, info)
         t0 = time.time()
         it = None

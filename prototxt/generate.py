@@ -24,7 +24,7 @@ import os
 from google.protobuf import text_format
 
 from spec import REPO_ROOT, MtdnetError, Project, Run, Split, datasets, get_profile, variants
-from spec.fsutil import atomic_dir, atomic_write_text
+from spec.fsutil import atomic_dir, atomic_write_text, require_replaceable
 from spec.profiles import CPU_DEFAULT, PROFILES
 from prototxt import nets
 
@@ -171,20 +171,50 @@ def render(profiles=None, dataset_names=None, variant_names=None, split="paper",
     return out
 
 
+def is_generated(path):
+    """A file this generator wrote: its header comment carries GENERATED_BY."""
+    try:
+        with open(path, errors="replace") as f:
+            head = [next(f, "") for _ in range(8)]
+    except OSError:
+        return False
+    return any(GENERATED_BY in line for line in head)
+
+
+def _all_generated(folder):
+    return all(os.path.isfile(os.path.join(folder, n)) and is_generated(os.path.join(folder, n))
+               for n in os.listdir(folder))
+
+
+KEEP_YOURS = ("Move your own files out of it, or give --out another folder (a new one, or one this "
+              "command wrote).")
+
+
 def write(files, root, whole_profiles=()):
     """Write files under root; each profile in whole_profiles has its directories replaced as a whole
-    (atomically, dropping stale files), the rest are written file by file (atomically)."""
+    (atomically, dropping stale generated files), the rest are written file by file (atomically).
+    A file this generator did not write is never replaced or dropped: checked for every target
+    before anything is written."""
+    done = {f"{t}/{p}/" for t in ("prototxt", "solvers") for p in whole_profiles}
+    folders = [os.path.join(root, top, prof) for prof in whole_profiles for top in ("prototxt", "solvers")]
+    guard = (_all_generated, "generated nets and solvers", KEEP_YOURS)
+    for folder in folders:
+        require_replaceable(folder, *guard)
+    singles = sorted((rel, text) for rel, text in files.items() if not any(rel.startswith(x) for x in done))
+    for rel, _ in singles:
+        path = os.path.join(root, rel)
+        if os.path.lexists(path) and not (os.path.isfile(path) and is_generated(path)):
+            raise MtdnetError(f"{path}: exists and was not written by this generator (no "
+                              f"\"{GENERATED_BY}\" line); refusing to replace it. {KEEP_YOURS}")
     for prof in whole_profiles:
         for top in ("prototxt", "solvers"):
             prefix = f"{top}/{prof}/"
-            with atomic_dir(os.path.join(root, top, prof)) as tmp:
+            with atomic_dir(os.path.join(root, top, prof), guard=guard) as tmp:
                 for rel, text in files.items():
                     if rel.startswith(prefix):
                         atomic_write_text(os.path.join(tmp, rel[len(prefix):]), text)
-    done = {f"{t}/{p}/" for t in ("prototxt", "solvers") for p in whole_profiles}
-    for rel, text in sorted(files.items()):
-        if not any(rel.startswith(x) for x in done):
-            atomic_write_text(os.path.join(root, rel), text)
+    for rel, text in singles:
+        atomic_write_text(os.path.join(root, rel), text)
 
 
 def compare(files, root, profiles):

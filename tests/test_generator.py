@@ -110,14 +110,34 @@ def test_check_names_changed_and_stale_files(tmp_path):
     assert generate_cli("--profile", "tiny", "--out", str(tmp_path)).returncode == 0
     changed = tmp_path / "prototxt" / "tiny" / "viper_mtdnet_train.prototxt"
     changed.write_text(changed.read_text().replace("num_output: 2\n", "num_output: 3\n"))
-    (tmp_path / "solvers" / "tiny" / "old_solver.prototxt").write_text("")
+    solvers = tmp_path / "solvers" / "tiny"
+    (solvers / "old_solver.prototxt").write_text((solvers / "viper_mtdnet_solver.prototxt").read_text())
     p = generate_cli("--profile", "tiny", "--out", str(tmp_path), "--check")
     assert p.returncode == 1
     assert "differs: prototxt/tiny/viper_mtdnet_train.prototxt" in p.stderr
     assert "stale: solvers/tiny/old_solver.prototxt" in p.stderr
-    # A full regeneration replaces the profile's directories: the stale file goes.
+    # A full regeneration replaces the profile's directories: the stale generated file goes.
     assert generate_cli("--profile", "tiny", "--out", str(tmp_path)).returncode == 0
     assert generate_cli("--profile", "tiny", "--out", str(tmp_path), "--check").returncode == 0
+
+
+def test_the_generator_never_replaces_a_users_file(tmp_path):
+    assert generate_cli("--profile", "tiny", "--out", str(tmp_path)).returncode == 0
+    mine = tmp_path / "prototxt" / "tiny" / "my_net.prototxt"
+    mine.write_text("name: 'mine'\n")
+    before = sorted(os.listdir(mine.parent))
+    for extra in ((), ("--dataset", "viper")):
+        p = generate_cli("--profile", "tiny", "--out", str(tmp_path), *extra)
+        if not extra:
+            assert p.returncode == 1 and f"error: {mine.parent}: not empty and not made by this project" in p.stderr
+    assert mine.read_text() == "name: 'mine'\n" and sorted(os.listdir(mine.parent)) == before
+    # Written one by one (--dataset): a file of the user's under a generated name is refused.
+    target = tmp_path / "prototxt" / "tiny" / "viper_cls_train.prototxt"
+    target.write_text("my edit\n")
+    p = generate_cli("--profile", "tiny", "--out", str(tmp_path), "--dataset", "viper")
+    assert p.returncode == 1 and f"error: {target}: exists and was not written by this generator" in p.stderr
+    assert target.read_text() == "my edit\n"
+    assert "Traceback" not in p.stderr
 
 
 def _committed(top, ext=".prototxt"):

@@ -168,6 +168,44 @@ def test_cli(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("# MTDnet reproduction: Table 1") and "50.00 [1]" in p.stdout
     assert (tmp_path / "report.md").read_text() == p.stdout[:-1]
+    (tmp_path / "empty").mkdir()
     p = subprocess.run(["make", "-s", "report", f"REPORT_ARGS=--runs-dir {tmp_path / 'empty'}"],
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "error: " in p.stderr and "run `make eval` first" in p.stderr
+    p = subprocess.run(["make", "-s", "report", f"REPORT_ARGS=--runs-dir {tmp_path / 'nosuch'}"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and f"error: {tmp_path / 'nosuch'}: runs folder not found" in p.stderr
+
+
+def test_a_report_never_replaces_what_it_did_not_write(tmp_path):
+    runs = str(tmp_path / "runs")
+    write_run(runs, "viper-mtdnet-cpu", result("viper", "mtdnet"), (10, 20, 30))
+    # --out: a folder of the user's is refused, untouched; a new one is written, then rewritten.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    with pytest.raises(MtdnetError, match=f"{mine}: not empty and not made by this project; refusing"):
+        R.build_report(runs, str(mine))
+    assert sorted(os.listdir(mine)) == ["report.md"] and (mine / "report.md").read_text() == "my notes"
+    docs = tmp_path / "docs"
+    R.build_report(runs, str(docs))
+    R.build_report(runs, str(docs))               # its own folder: replaced as a whole
+    assert (docs / "report.md").read_text().startswith(R.HEADING)
+    (docs / "todo.txt").write_text("mine")
+    with pytest.raises(MtdnetError, match="not made by this project"):
+        R.build_report(runs, str(docs))
+    assert (docs / "todo.txt").read_text() == "mine"
+    # In the runs folder: the report's own files are replaced, a user's report.md or picture never.
+    R.build_report(runs)
+    assert plots.made_here(os.path.join(runs, "report_cmc.png"))
+    R.build_report(runs)
+    open(os.path.join(runs, "report_cmc.png"), "wb").write(b"my picture")
+    with pytest.raises(MtdnetError, match="report_cmc.png: exists and was not written by `make report`"):
+        R.build_report(runs)
+    assert open(os.path.join(runs, "report_cmc.png"), "rb").read() == b"my picture"
+    open(os.path.join(runs, "report.md"), "w").write("mine")
+    os.unlink(os.path.join(runs, "report_cmc.png"))
+    with pytest.raises(MtdnetError, match="report.md: exists and was not written by `make report`"):
+        R.build_report(runs)
+    assert open(os.path.join(runs, "report.md")).read() == "mine"
+    assert not [n for n in os.listdir(runs) if n.startswith(".")]     # no staging folder left
