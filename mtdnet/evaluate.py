@@ -30,10 +30,10 @@ from data_prep.prepared import load_prepared
 from mtdnet import caffe_run, cmc, plots, scoring, trials
 from mtdnet.caffe_speed import compute_record
 from prototxt import generate
-from spec import MtdnetError, Split
+from spec import MtdnetError, Split, variants
 from spec.runs import MEAN as MEAN_SPLIT
 from spec.fsutil import atomic_write_bytes, atomic_write_json, read_json
-from spec.variants import SCORE_KINDS
+from spec.variants import SCORE_KINDS, get_variant
 
 DEFAULT_TRIALS = 10
 MAX_RANDOM_SPLITS = 100      # random<k> runs looked for when none are named
@@ -72,6 +72,7 @@ def find_model(run, model=None):
     if model:
         if not os.path.isfile(model):
             raise MtdnetError(f"{model}: model not found")
+        check_trained_as(run, model)
         return os.path.abspath(model), info
     found = caffe_run.latest_snapshot(run.snapshot_prefix, "caffemodel")
     if not found and info.get("model"):
@@ -83,6 +84,35 @@ def find_model(run, model=None):
             f"{run.snapshot_prefix}_iter_*.caffemodel: no model to evaluate; train first "
             f"({run.commands()[0]}) or pass MODEL=<caffemodel>")
     return os.path.abspath(found), info
+
+
+def training_record_of(model):
+    """(path, run.json dict) of the training that wrote `model`: runs/<run>/snapshots/<m> or a
+    published models/<run>/<m>; (None, {}) when there is none beside it."""
+    here = os.path.dirname(os.path.abspath(model))
+    for d in (here, os.path.dirname(here) if os.path.basename(here) == "snapshots" else None):
+        path = d and os.path.join(d, "run.json")
+        if path and os.path.isfile(path):
+            return path, read_json(path, "run description")
+    return None, {}
+
+
+def check_trained_as(run, model, say=print):
+    """MODEL= must be a model of the variant asked for (MTDnet's for MTDnet-trp): a cls model
+    scored as trp ranks an untrained feature layer, an MTDnet model scored as cls is MTDnet's
+    number under cls's name. Checked against the run.json beside the model."""
+    record, info = training_record_of(model)
+    trained = info.get("variant")
+    want = run.variant.train_key
+    if not trained:
+        say(f"note: {model}: no run record beside it (run.json); cannot check that it is a "
+            f"{get_variant(want).title} model, scored as {run.variant.title}")
+        return
+    if trained != want:
+        fits = [v.key for v in variants.REGISTRY.values() if v.train_key == trained]
+        raise MtdnetError(f"{model}: a {get_variant(trained).title} model ({record} says variant "
+                          f"'{trained}'); VARIANT={run.variant.key} scores a {get_variant(want).title} "
+                          f"model. Score this one with VARIANT={' or VARIANT='.join(fits)}")
 
 
 def deploy_net(run, workdir):

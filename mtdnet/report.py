@@ -93,9 +93,13 @@ def _source_read(info, profile, split):
 
 
 def reproduce(r, run, info):
-    """The make commands that reproduce a result (train, then eval)."""
+    """The make commands that reproduce a result (train, then eval; MODEL= where the result
+    scored a model that is not one of the run's own snapshots)."""
+    model = r.get("model")
+    own = not model or model == info.get("model") or \
+        os.path.dirname(run.project.abs(model)) == os.path.abspath(run.snapshot_dir)
     return run.commands(iters=info.get("iterations"), weights=info.get("weights"),
-                        select=bool(r.get("selected")))
+                        select=bool(r.get("selected")), model=None if own else model)
 
 
 def label(r):

@@ -294,11 +294,12 @@ class Run:
         """The snapshot prefix a generated (committed) solver writes to, project-relative."""
         return self.project.rel(self.snapshot_prefix)
 
-    def commands(self, iters=None, weights=None, select=False):
+    def commands(self, iters=None, weights=None, select=False, model=None):
         """make commands that train and evaluate this run (named in messages and records).
 
         iters: ITERS= where it is not the profile's; weights: the WEIGHTS= it started from
-        (project-relative where inside the project); select: the eval chose the snapshot."""
+        (project-relative where inside the project); select: the eval chose the snapshot;
+        model: the MODEL= it scored, where not one of the run's own snapshots."""
         def command(target, variant, extra):
             words = ["make", target, f"DATASET={self.dataset.name}", f"VARIANT={variant}",
                      f"PROFILE={self.profile.name}", *self.make_options(), *extra]
@@ -311,7 +312,8 @@ class Run:
         if self.source_dataset is not None and self.train_variant.source:
             train.append(f"SOURCE={self.source_dataset.name}")
         return (command("train", self.train_variant.key, train),
-                command("eval", self.variant.key, ["SELECT=1"] if select else []))
+                command("eval", self.variant.key, (["SELECT=1"] if select else [])
+                        + ([f"MODEL={self.project.rel(model)}"] if model else [])))
 
     def make_options(self):
         """The make variables beyond DATASET / VARIANT / PROFILE that name this run."""

@@ -331,3 +331,32 @@ def world_data(root):
     d = os.path.join(root, "noval")
     prepare_synthetic(d)
     return os.path.join(d, "data")
+
+
+def test_a_model_of_another_variant_is_refused(world, tmp_path, capsys):
+    """MODEL= of a cls run scored as trp (an untrained feature layer) or an MTDnet model
+    scored as cls (MTDnet's number under cls's name): the run.json beside it says what it is."""
+    runs = str(tmp_path / "runs")
+    cls_dir = tmp_path / "runs" / "synthetic-cls-tiny"
+    cls_model = make_model(str(cls_dir / "snapshots" / "synthetic_cls_iter_20.caffemodel"), world["data"], "cls")
+    (cls_dir / "run.json").write_text(json.dumps({"variant": "cls", "model": cls_model}))
+    with pytest.raises(MtdnetError, match=r"synthetic_cls_iter_20\.caffemodel: a MTDnet-cls model .*"
+                                          r"VARIANT=trp scores a MTDnet model\. Score this one with VARIANT=cls"):
+        run_eval(world, runs_dir=runs, variant="trp", model=cls_model)
+    with pytest.raises(MtdnetError, match=r"a MTDnet model .*VARIANT=cls scores a MTDnet-cls model\. "
+                                          r"Score this one with VARIANT=mtdnet or VARIANT=trp"):
+        run_eval(world, runs_dir=runs, variant="cls", model=world["model"])
+    assert not os.path.exists(os.path.join(runs, "synthetic-trp-tiny"))
+    assert not os.path.exists(os.path.join(runs, "synthetic-cls-tiny", "cmc-paper.json"))
+    # A published copy (models/<run>/ holds run.json beside the model) is checked the same way.
+    published = tmp_path / "models" / "synthetic-cls-tiny"
+    published.mkdir(parents=True)
+    shutil.copy(cls_model, published)
+    shutil.copy(cls_dir / "run.json", published)
+    with pytest.raises(MtdnetError, match="a MTDnet-cls model"):
+        run_eval(world, runs_dir=runs, variant="trp", model=str(published / os.path.basename(cls_model)))
+    # Without a record it is scored, and says what it could not check.
+    capsys.readouterr()
+    bare = make_model(str(tmp_path / "bare.caffemodel"), world["data"], seed=4)
+    run_eval(world, runs_dir=runs, variant="trp", model=bare, protocol="random", trials=2)
+    assert "no run record beside it (run.json); cannot check that it is a MTDnet model" in capsys.readouterr().out

@@ -209,3 +209,17 @@ def test_a_report_never_replaces_what_it_did_not_write(tmp_path):
         R.build_report(runs)
     assert open(os.path.join(runs, "report.md")).read() == "mine"
     assert not [n for n in os.listdir(runs) if n.startswith(".")]     # no staging folder left
+
+
+def test_reproduce_names_model_when_the_result_scored_another_runs_model(tmp_path):
+    runs = str(tmp_path / "runs")
+    own = write_run(runs, "viper-mtdnet-cpu", result("viper", "mtdnet"))
+    other = write_run(runs, "viper-cls-cpu", result("viper", "cls", model="models/x/x_iter_7.caffemodel"))
+    for d, variant in ((own, "mtdnet"), (other, "cls")):
+        with open(os.path.join(d, "run.json"), "w") as f:
+            json.dump({"variant": variant, "iterations": 5000,
+                       "model": f"runs/viper-{variant}-cpu/snapshots/m.caffemodel"}, f)
+    md, _ = R.build_report(runs)
+    evals = [l.split(" then ")[1].strip() for l in md.splitlines() if "reproduce:" in l]
+    assert "`make eval DATASET=viper VARIANT=cls PROFILE=cpu MODEL=models/x/x_iter_7.caffemodel`" in evals
+    assert "`make eval DATASET=viper VARIANT=mtdnet PROFILE=cpu`" in evals
