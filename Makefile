@@ -17,7 +17,7 @@ SPLIT ?= paper
 # words), with nothing in it expanded or run.
 VARS := VENV DATASET PROFILE VARIANT SPLIT SET DATA_ROOT NUM_SPLITS SEED DATA_ARGS ITERS WEIGHTS GPU \
         RESTART TRAIN_ARGS SPLITS PROTOCOL TRIALS MODEL ON SELECT EVAL_ARGS REPORT_ARGS BENCH_ARGS \
-        DEMO_ARGS PYTEST_ARGS TAG SOURCE DRY_RUN
+        DEMO_ARGS PYTEST_ARGS TABLE1_ARGS TAG SOURCE DRY_RUN
 unexport $(VARS)
 $(foreach v,$(VARS),$(eval export ARG_$(v) = $$(value $(v))))
 # "$(call opt,--iters,ITERS)": the option with the value when ITERS is given, else nothing.
@@ -27,7 +27,10 @@ flag = $(if $(filter-out 0 no false,$(value $(2))),$(1))
 
 PY = "$$ARG_VENV/bin/python"
 NEED_VENV = @test -x $(PY) || { echo "no $$ARG_VENV: run 'make setup' first" >&2; exit 1; }
-ACTIVATE = source "$$ARG_VENV/bin/activate" &&
+# The tool replaces the recipe shell (exec), so make is its parent; it dies with make
+# (spec/proc.py), even when make is killed outright.
+# The recipe is not echoed (@): users see the tool's output, not our plumbing.
+ACTIVATE = @source "$$ARG_VENV/bin/activate" && MTDNET_MAKE_PID=$$PPID exec
 
 .PHONY: setup test demo prototxt data train eval report table1 bench help
 
@@ -67,7 +70,7 @@ demo:
 
 prototxt:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/generate_prototxt.py
+	$(ACTIVATE) python tools/with_args.py - python tools/generate_prototxt.py
 
 # make data [DATASET=synthetic|viper|cuhk01|cuhk03|cuhk03detected|ilids|prid2011] [DATA_ROOT=<dir>] [PROFILE=cpu]
 #           [SPLIT=paper|random|random<k>|testsets|testsets<k>] [NUM_SPLITS=10] [SEED=<n>] [DATA_ARGS=...]
@@ -105,7 +108,7 @@ report:
 #   paper for the datasets present (resumable), then make report; DRY_RUN=1 prints the plan and its times
 table1:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/table1.py --profile "$$ARG_PROFILE" \
+	$(ACTIVATE) python tools/with_args.py TABLE1_ARGS python tools/table1.py --profile "$$ARG_PROFILE" \
 	  $(call opt,--weights,WEIGHTS) $(call flag,--gpu,GPU) $(call flag,--dry-run,DRY_RUN)
 
 # make bench [BENCH_ARGS="--parts caffe,scoring --blocks paper=8x8 ..."]: runs/bench/results.json (tools/bench.py --help)

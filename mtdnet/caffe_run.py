@@ -17,7 +17,6 @@ next older pair is used. A snapshot Caffe could not finish writing is removed
 and the error names the file and the free space.
 """
 import collections
-import ctypes
 import glob
 import math
 import os
@@ -30,13 +29,13 @@ import time
 from mtdnet import caffelog
 from spec import MtdnetError, Project
 from spec.fsutil import free_bytes, os_error
+from spec.proc import preexec_die_with_parent
 
 # Progress lines printed when stderr is not a terminal (a log file): one per this
 # fraction of the run, instead of a redrawn bar.
 PLAIN_PROGRESS_STEP = 0.1
 LOG_TAIL_LINES = 15
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-PR_SET_PDEATHSIG = 1    # linux/prctl.h
 # A failed snapshot write with less than this free on its file system was a full disk.
 FULL_DISK_BYTES = 1 << 20
 
@@ -141,21 +140,6 @@ def good_snapshot(prefix, cwd=None, say=print):
 
 class LossIsNaN(MtdnetError):
     pass
-
-
-def _die_with_parent():
-    """preexec_fn: the kernel sends the child SIGHUP (Caffe: snapshot and stop) when we die."""
-    parent = os.getpid()
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):   # not Linux: SIGTERM / SIGHUP handling still stop Caffe
-        return None
-
-    def child():
-        prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
-        if os.getppid() != parent:   # we died before the prctl took effect
-            os._exit(1)
-    return child
 
 
 class _Say:
@@ -276,7 +260,7 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
     env = dict(os.environ, GLOG_minloglevel="0")
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", bufsize=1, start_new_session=True,
-                            preexec_fn=_die_with_parent(), pass_fds=(lock.fd,) if lock else ())
+                            preexec_fn=preexec_die_with_parent(), pass_fds=(lock.fd,) if lock else ())
     if lock:
         lock.add_pid(proc.pid)
     old = _stop_signals_interrupt()

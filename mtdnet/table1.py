@@ -30,6 +30,7 @@ from mtdnet.evaluate import SELECT_CANDIDATES
 from mtdnet.report import hours_minutes
 from spec import MtdnetError, Run, datasets, get_profile, variants
 from spec.fsutil import read_json
+from spec.proc import preexec_die_with_parent
 
 # Probes x gallery images of each dataset's paper protocol (for the time estimates only).
 EVAL_PAIRS = {"cuhk03": 500 * 100, "cuhk01": 200 * 100, "viper": 316 * 316, "ilids": 60 * 59,
@@ -263,7 +264,7 @@ def run_plan(steps, notes, log=print, cwd=None):
         words = s.command()
         log(f"[{k}/{len(steps)}] {s.what} (~{hours_minutes(s.seconds)}): {' '.join(shlex.quote(w) for w in words)}")
         t0 = time.time()
-        rc = subprocess.call(words, cwd=cwd)
+        rc = subprocess.call(words, cwd=cwd, preexec_fn=preexec_die_with_parent())
         if rc != 0:
             raise MtdnetError(f"step {k} ({s.what}) failed (exit {rc}); fix it and run `make table1` again: "
                               "finished steps are kept and skipped")

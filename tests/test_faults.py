@@ -276,6 +276,26 @@ def test_kill_9_of_the_driver_stops_caffe_with_a_snapshot(data, tmp_path):
     assert json.load(open(os.path.join(run, "run.json")))["iterations"] == k + 10
 
 
+def test_kill_9_of_make_stops_the_driver_and_caffe_with_a_snapshot(data, tmp_path):
+    runs = tmp_path / "runs"
+    p = subprocess.Popen(["make", "-s", "train", "PROFILE=tiny", f"ITERS={BIG}",
+                          f"TRAIN_ARGS=--data-dir {data} --runs-dir {runs} --no-progress"],
+                         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, MAKEFLAGS=""))
+    run = os.path.join(runs, "synthetic-mtdnet-tiny")
+    log = os.path.join(run, "train.log")
+    assert wait_for(lambda: os.path.exists(log) and "Iteration 10," in open(log).read(), 120), \
+        p.stderr.read() if p.poll() is not None else "no progress"
+    with open(lock_path(run)) as f:
+        driver, caffe = [int(x) for x in f.read().split()]
+    assert driver != p.pid and alive(driver)       # make -> the driver (exec'd by the recipe) -> Caffe
+    p.kill()                                       # kill -9 of make itself: it cannot stop its children
+    p.communicate()
+    assert wait_for(lambda: not alive(driver) and not alive(caffe), STOP_WITHIN), "training outlived make"
+    snap = caffe_run.latest_snapshot(os.path.join(run, "snapshots", "synthetic_mtdnet"))
+    assert caffe_run.snapshot_iter(snap) >= 10 and caffe_run.check_snapshot(snap, REPO_ROOT) is None
+
+
 def test_sighup_stops_like_ctrl_c_and_the_time_adds_up(data, tmp_path):
     # Progress on: stderr is a pipe here, as when the output is redirected to a file.
     p, caffe, run = start_training(data, tmp_path / "runs")
