@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from spec import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
 from spec.fsutil import atomic_dir, atomic_write_json, read_json
+from spec.profiles import check_seed
 from spec.locks import exclusive
 from data_prep import imagedb, splitting
 from data_prep.datasets import default_root, get_reader, read_dataset
@@ -239,7 +240,7 @@ def prepare(dataset, profile, split, opts=SplitOptions(), *, project=None, root=
     """
     dataset, prof, split = get_dataset(dataset), get_profile(profile), Split.parse(split)
     project = project or Project()
-    seed = prof.seed if opts.seed is None else int(opts.seed)
+    seed = prof.seed if opts.seed is None else check_seed(opts.seed)
     root = root or default_root(dataset, project)
     reader = get_reader(dataset)
     if hasattr(reader, "ensure"):     # a generated dataset: draw it first

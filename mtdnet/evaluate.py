@@ -31,6 +31,7 @@ from mtdnet import caffe_run, cmc, plots, scoring, trials
 from mtdnet.caffe_speed import compute_record
 from prototxt import generate
 from spec import MtdnetError, Split, variants
+from spec.profiles import check_seed
 from spec.runs import MEAN as MEAN_SPLIT
 from spec.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from spec.variants import SCORE_KINDS, get_variant
@@ -191,7 +192,7 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print, selected=None):
     `selected`: how the model was chosen (select_snapshot), recorded with the result."""
     prof, project = run.profile, run.project
     prepared = load_prepared(run.data)
-    seed = prof.seed if ev.seed is None else int(ev.seed)
+    seed = prof.seed if ev.seed is None else check_seed(ev.seed, "--seed")
     rule = run.dataset.spec.feature_gallery if run.variant.score == "feature" else "first"
     the_trials = make_trials(prepared, ev.protocol, ev.trials, seed, ev.on, rule)
     model, info = find_model(run, ev.model)

@@ -51,6 +51,8 @@ def plan(run, iters=None, gpu=False):
         raise MtdnetError(f"{run.variant.title} has no training of its own: it ranks the "
                           f"{run.train_variant.title} model. Train VARIANT={run.train_variant.key}, then "
                           f"`make eval VARIANT={run.variant.key}`.")
+    if iters is not None:
+        generate.check_iters(iters)
     if gpu:
         require_gpu_build()
     for d in run.all_data:

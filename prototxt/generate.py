@@ -25,7 +25,7 @@ from google.protobuf import text_format
 
 from spec import REPO_ROOT, MtdnetError, Project, Run, Split, datasets, get_profile, variants
 from spec.fsutil import atomic_dir, atomic_write_text, require_replaceable
-from spec.profiles import CPU_DEFAULT, PROFILES
+from spec.profiles import CPU_DEFAULT, INT32_MAX, PROFILES
 from prototxt import nets
 
 # Profiles whose generated files are committed (what users run by hand).
@@ -78,6 +78,15 @@ def train_net_text(run, batch=None):
     return _net_text(n, f"mtdnet_{tv.key}_{run.dataset.name}_{prof.name}", lines)
 
 
+def check_iters(iters):
+    """ITERS as an int Caffe can count to, else one clear error."""
+    if int(iters) < 1:
+        raise MtdnetError(f"ITERS must be >= 1, got {iters}")
+    if int(iters) > INT32_MAX:
+        raise MtdnetError(f"ITERS must be at most {INT32_MAX} (Caffe counts iterations in 32 bits), got {iters}")
+    return int(iters)
+
+
 def solver_text(run, gpu=False, iters=None, net=None):
     """The solver of a spec.Run; `net` (project-relative) defaults to the committed train net,
     `iters` overrides the profile's max_iter (lr steps scale with it)."""
@@ -85,9 +94,7 @@ def solver_text(run, gpu=False, iters=None, net=None):
     prof = run.profile
     lr, max_iter = run.solver_settings()
     if iters is not None:
-        if int(iters) < 1:
-            raise MtdnetError(f"ITERS must be >= 1, got {iters}")
-        max_iter = int(iters)
+        max_iter = check_iters(iters)
     schedule = [("lr_policy", "fixed")]
     if prof.lr_steps:
         schedule = [("lr_policy", "multistep"), ("gamma", prof.lr_gamma)]

@@ -119,7 +119,63 @@ class Profile:
             changes[key] = _convert(key, value)
         if not changes:
             return self
-        return dataclasses.replace(self, overrides=tuple(sorted(changes.items())), **changes)
+        new = dataclasses.replace(self, overrides=tuple(sorted(changes.items())), **changes)
+        check_ranges(new)
+        return new
+
+
+INT32_MAX = 2 ** 31 - 1     # Caffe's int fields (max_iter, snapshot, widths)
+SEED_MAX = 2 ** 32 - 1      # Caffe's and numpy's seeds are unsigned 32-bit
+MIN_INPUT = 63              # the smallest input the nets are built and tested at (tiny: pool5 1x1)
+
+
+def _between(lo, hi):
+    return (lambda v: lo <= v <= hi), f"must be {lo}..{hi}"
+
+
+# What each numeric field may hold; a value outside is one clear error, not a failure
+# deep inside OpenCV, numpy or Caffe.
+RANGES = {
+    "input_size": _between(MIN_INPUT, 4096),
+    **{k: _between(1, INT32_MAX) for k in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "feat",
+                                           "batch_triplets", "max_iter", "max_iter_cuhk03", "snapshot",
+                                           "display", "triplets_per_pair", "aug_triplets_per_pair",
+                                           "source_triplets_per_pair")},
+    "seed": _between(0, SEED_MAX),
+    "base_lr": ((lambda v: v > 0), "must be > 0"),
+    "momentum": ((lambda v: 0 <= v < 1), "must be in [0, 1)"),
+    "weight_decay": ((lambda v: v >= 0), "must be >= 0"),
+    "margin": ((lambda v: v >= 0), "must be >= 0"),
+    "contrastive_margin": ((lambda v: v >= 0), "must be >= 0"),
+    "lr_gamma": ((lambda v: v > 0), "must be > 0"),
+    "lr_steps": ((lambda v: all(0 < x < 1 for x in v) and list(v) == sorted(set(v))),
+                 "must be increasing fractions between 0 and 1 (e.g. 0.5:0.75)"),
+    "input_scale": ((lambda v: v > 0), "must be > 0"),
+    "fc8_std": ((lambda v: v >= 0), "must be >= 0"),
+    "shift": _between(0, 64),
+    "seconds_per_iter": ((lambda v: v > 0), "must be > 0"),
+    "prefetch_workers": _between(0, 64),
+}
+
+
+def check_seed(seed, name="SEED"):
+    """A seed as an int in 0..SEED_MAX, else one clear error."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise MtdnetError(f"{name} must be an integer 0..{SEED_MAX}, got {seed!r}")
+    return seed
+
+
+def check_ranges(profile):
+    """MtdnetError for the first field of `profile` outside RANGES."""
+    for key, (ok, rule) in RANGES.items():
+        value = getattr(profile, key)
+        if not ok(value):
+            where = "SET: " if key in dict(profile.overrides) else f"profile '{profile.name}': "
+            raise MtdnetError(f"{where}{key}={_show(value)} {rule}")
+
+
+def _show(v):
+    return ":".join(f"{x:g}" for x in v) if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _split_assignment(text):
@@ -164,10 +220,7 @@ def _convert(key, value):
 
 def _assignments(pairs):
     """field=value strings, written so that override() reads them back."""
-    def show(v):
-        return ":".join(f"{x:g}" for x in v) if isinstance(v, tuple) else \
-            f"{v:g}" if isinstance(v, float) else str(v)
-    return [f"{k}={show(v)}" for k, v in pairs]
+    return [f"{k}={_show(v)}" for k, v in pairs]
 
 
 def _tag(pairs):

@@ -473,3 +473,28 @@ def test_gpu_on_a_cpu_only_build_is_one_line(data, tmp_path):
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     err = one_line_error(r)
     assert "CPU-only build" in err and "make setup CUDA=1" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (("train", "ITERS=3000000000"), "ITERS must be at most 2147483647"),
+    (("data", "SET=input_size=-1"), "SET: input_size=-1 must be 63..4096"),
+    (("data", "SET=input_size=0"), "SET: input_size=0 must be 63..4096"),
+    (("data", "SEED=-1"), "SEED must be an integer 0..4294967295, got -1"),
+    (("train", "SET=base_lr=0"), "SET: base_lr=0 must be > 0"),
+    (("train", "SET=lr_steps=0.8:0.5"), "SET: lr_steps=0.8:0.5 must be increasing fractions"),
+])
+def test_values_out_of_range_are_one_line(tmp_path, args, message):
+    r = subprocess.run(["make", "-s", *args, "PROFILE=tiny", f"DATA_ARGS=--data-dir {tmp_path}/data",
+                        f"TRAIN_ARGS=--data-dir {tmp_path}/data --runs-dir {tmp_path}/runs"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, env=dict(os.environ, MAKEFLAGS=""),
+                       timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_every_profile_is_within_its_ranges():
+    from spec.profiles import PROFILES, check_ranges
+    for p in PROFILES.values():
+        check_ranges(p)
