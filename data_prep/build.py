@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from spec import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
-from spec.fsutil import atomic_dir, atomic_write_json, read_json
+from spec.fsutil import atomic_dir, atomic_write_json, free_bytes, read_json
 from spec.profiles import check_seed
 from spec.locks import exclusive
 from data_prep import imagedb, splitting
@@ -134,14 +134,24 @@ def _owner(data_mdb):
     return os.path.basename(os.path.dirname(os.path.dirname(data_mdb)))
 
 
-def _write_lmdb(lmdb_dir, recs, images, size, desc, progress, map_size):
+def _write_lmdb(lmdb_dir, recs, images, size, desc, progress, map_size, name):
     def items():
         for rec, im in zip(tqdm(recs, desc=desc, unit="img", disable=not progress,
                                 dynamic_ncols=True, file=sys.stderr), images):
             yield resize_chw(load_image(rec), size), im["label"]
     t0 = time.perf_counter()
-    n, nbytes = imagedb.write_image_lmdb(lmdb_dir, items(), map_size=map_size, count=len(images))
+    n, nbytes = imagedb.write_image_lmdb(lmdb_dir, items(), map_size=map_size, count=len(images), name=name)
     return n, nbytes, time.perf_counter() - t0
+
+
+def _check_room(out, images, size, shared):
+    """Stop before writing when the images alone (3 x size x size bytes each) cannot fit."""
+    need = 0 if shared else len(images) * 3 * size * size
+    free = free_bytes(out)
+    if free is not None and need > free:
+        raise MtdnetError(f"{out}: needs at least {need / 1e6:.1f} MB ({len(images)} images at {size}x{size}); "
+                          f"{free / 1e6:.1f} MB free on that file system. Free some space, or prepare into "
+                          "another folder (DATA_ARGS=--data-dir <folder>)")
 
 
 def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_size=None, argv=None,
@@ -162,6 +172,7 @@ def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_siz
                      [(im["path"], im["label"]) for im in images]])
     remove_stale_partials(out)
     tag = os.path.basename(out)
+    _check_room(out, images, prof.input_size, share and _shared_lmdb(data, lmdb_key))
     try:
         with atomic_dir(out, guard(out)) as tmp:
             lmdb_dir = os.path.join(tmp, "images.lmdb")
@@ -176,7 +187,7 @@ def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_siz
                     shared = None
             if not shared:
                 n, lmdb_bytes, secs = _write_lmdb(lmdb_dir, recs, images, prof.input_size,
-                                                  tag, progress, map_size)
+                                                  tag, progress, map_size, os.path.join(out, "images.lmdb"))
                 rate, lmdb_written = n / max(secs, 1e-9), lmdb_bytes
             np.save(os.path.join(tmp, "train_triplets.npy"), triplets)
             np.save(os.path.join(tmp, "mix_triplets.npy"), mix)

@@ -14,7 +14,7 @@ import numpy as np
 from caffe.proto import caffe_pb2
 
 from spec import MtdnetError
-from spec.fsutil import atomic_dir
+from spec.fsutil import atomic_dir, free_bytes
 
 
 def key(i):
@@ -39,13 +39,20 @@ def decode_datum(raw):
     return img, d.label
 
 
-def write_image_lmdb(path, items, map_size=None, count=None):
+# Below this many bytes free, a failed LMDB write is the full disk (LMDB reports it as
+# "Input/output error" from mdb_txn_commit).
+NEARLY_FULL = 64 << 20
+
+
+def write_image_lmdb(path, items, map_size=None, count=None, name=None):
     """Write (img_chw_uint8, label) items to a new LMDB at `path`, atomically.
 
     The LMDB is built in a temporary sibling directory and renamed at the end,
     so an error (or a full disk) never leaves a partial LMDB under `path`.
-    Returns (number of images, bytes on disk).
+    `name`: the path errors name (default `path`; a build writing inside its own
+    temporary folder names the final one). Returns (number of images, bytes on disk).
     """
+    name = name or path
     with atomic_dir(path) as tmp:
         env = lmdb.open(tmp, map_size=map_size or (1 << 40), subdir=True,
                         lock=False, writemap=False)
@@ -61,13 +68,18 @@ def write_image_lmdb(path, items, map_size=None, count=None):
             txn.commit()
             env.sync()
         except lmdb.MapFullError:
-            raise MtdnetError(f"{path}: LMDB map is full after {n} images")
+            raise MtdnetError(f"{name}: LMDB map is full after {n} images")
         except lmdb.Error as e:
-            raise MtdnetError(f"{path}: writing the LMDB failed after {n} images: {e}")
+            free = free_bytes(tmp)
+            if free is not None and free < NEARLY_FULL:
+                raise MtdnetError(f"{name}: No space left on device after {n} images ({free / 1e6:.1f} MB "
+                                  f"free there; LMDB said: {e}); free some space and run the command "
+                                  "again") from None
+            raise MtdnetError(f"{name}: writing the LMDB failed after {n} images: {e}") from None
         finally:
             env.close()
         if count is not None and n != count:
-            raise MtdnetError(f"{path}: expected {count} images, wrote {n}")
+            raise MtdnetError(f"{name}: expected {count} images, wrote {n}")
     return n, dir_bytes(path)
 
 

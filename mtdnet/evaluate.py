@@ -252,13 +252,31 @@ def evaluate(run, ev=Evaluation(), progress=True, log=print, selected=None):
     if selected is not None:
         body["selected"] = selected
 
-    atomic_write_bytes(run.result(ev.protocol, "scores", "npz", ev.on),
-                       _npz_bytes(scores=scores, rows=rows, cols=cols))
-    atomic_write_json(run.result(ev.protocol, on=ev.on), body)
-    if ev.on == "test":
-        atomic_write_json(os.path.join(out, "cmc.json"), body)
-    if ev.pictures:
-        pictures(body, run, ev, prepared, the_trials[0], scores, rows, cols, probes, gallery, higher)
+    # Every file is written in a staging folder first and moved into place only when all of
+    # them are (pictures, scores, then the numbers): a full disk replaces nothing.
+    os.makedirs(out, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".eval.partial-", dir=out) as stage:
+        staged = {}
+
+        def place(final):
+            staged[final] = os.path.join(stage, os.path.basename(final))
+            return staged[final]
+        try:
+            if ev.pictures:
+                pictures(body, run, ev, prepared, the_trials[0], scores, rows, cols, probes, gallery, higher,
+                         place)
+            atomic_write_bytes(place(run.result(ev.protocol, "scores", "npz", ev.on)),
+                               _npz_bytes(scores=scores, rows=rows, cols=cols))
+            atomic_write_json(place(run.result(ev.protocol, on=ev.on)), body)
+            if ev.on == "test":
+                atomic_write_json(place(os.path.join(out, "cmc.json")), body)
+        except MtdnetError as e:   # name the file the user knows, not its staging copy
+            msg = str(e)
+            for final, path in staged.items():
+                msg = msg.replace(path, final)
+            raise MtdnetError(msg) from None
+        for final, path in staged.items():
+            os.replace(path, final)
     log(summary(body, project.rel(run.result(ev.protocol, on=ev.on))))
     return body
 
@@ -300,12 +318,13 @@ def select_snapshot(run, ev=Evaluation(), progress=True, log=print):
                     selected={k: v for k, v in choice.items() if k != "curve"})
 
 
-def pictures(body, run, ev, prepared, trial, scores, rows, cols, probes, gallery, higher):
-    """cmc-<protocol>.png and ranked-<protocol>.png (the first trial's ranked gallery)."""
+def pictures(body, run, ev, prepared, trial, scores, rows, cols, probes, gallery, higher, place=lambda p: p):
+    """cmc-<protocol>.png and ranked-<protocol>.png (the first trial's ranked gallery);
+    place(final path) -> where to write it."""
     protocol = body["protocol"]
     title = (f"{body['dataset']} {body['variant']} ({body['profile']} profile, {body['split']} split, "
              f"{protocol} protocol" + (f", {ev.on} identities)" if ev.on != "test" else ")"))
-    plots.plot_cmc([(body["run"], body)], run.result(protocol, "cmc", "png", ev.on), title=title)
+    plots.plot_cmc([(body["run"], body)], place(run.result(protocol, "cmc", "png", ev.on)), title=title)
     s = trials.trial_scores(scores, rows, cols, trial)
     r = np.searchsorted(rows, trial.probe)
     c = np.searchsorted(cols, trial.gallery)
@@ -318,7 +337,7 @@ def pictures(body, run, ev, prepared, trial, scores, rows, cols, probes, gallery
         _Images(trial.probe, records, root, probes[r]), _Images(trial.gallery, records, root, gallery[c]),
         higher_is_better=higher, n_rows=RANKED_PROBES, top=RANKED_TOP)
     # The picture is narrow (probe + top 10): a short title.
-    plots.plot_ranked_gallery(rows_, run.result(protocol, "ranked", "png", ev.on),
+    plots.plot_ranked_gallery(rows_, place(run.result(protocol, "ranked", "png", ev.on)),
                               title=f"{body['run']}, {protocol}")
 
 
