@@ -17,6 +17,7 @@ Protocols (mtdnet.trials): `paper` = the fixed gallery recorded in split.json
 `evaluate_splits` into runs/<dataset>-<variant>-<profile>-random-mean/.
 """
 import dataclasses
+import glob
 import io
 import os
 import shutil
@@ -34,6 +35,7 @@ from spec import MtdnetError, Split, variants
 from spec.profiles import check_seed
 from spec.runs import MEAN as MEAN_SPLIT
 from spec.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from spec.locks import exclusive, running
 from spec.variants import SCORE_KINDS, get_variant
 
 DEFAULT_TRIALS = 10
@@ -189,13 +191,26 @@ def _npz_bytes(**arrays):
 
 def evaluate(run, ev=Evaluation(), progress=True, log=print, selected=None):
     """Score, evaluate and write one evaluation of a spec.Run; returns the cmc.json dict.
-    `selected`: how the model was chosen (select_snapshot), recorded with the result."""
+    `selected`: how the model was chosen (select_snapshot), recorded with the result.
+    One evaluation of a result folder at a time; it may run while the model trains."""
+    out = run.result_dir
+    with exclusive(out + ".eval", "make eval", label=run.project.rel(out)):
+        for stale in glob.glob(os.path.join(out, ".eval.partial-*")):   # left by a killed evaluation
+            shutil.rmtree(stale, ignore_errors=True)
+        return _evaluate(run, ev, progress, log, selected)
+
+
+def _evaluate(run, ev, progress, log, selected):
     prof, project = run.profile, run.project
     prepared = load_prepared(run.data)
     seed = prof.seed if ev.seed is None else check_seed(ev.seed, "--seed")
     rule = run.dataset.spec.feature_gallery if run.variant.score == "feature" else "first"
     the_trials = make_trials(prepared, ev.protocol, ev.trials, seed, ev.on, rule)
     model, info = find_model(run, ev.model)
+    trainer = running(run.dir)
+    if trainer and not ev.model:
+        log(f"note: {project.rel(run.dir)} is training now (pid {trainer}): this scores its newest snapshot, "
+            f"iteration {caffe_run.snapshot_iter(model)}, not the finished model")
     rows, cols = trials.score_layout(the_trials)
     out = run.result_dir
     kind = run.variant.score

@@ -99,3 +99,14 @@ def exclusive(target, what, label=None):
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+
+
+def running(target):
+    """The pid of a live command holding `target`'s lock (from its lock file, without taking
+    the lock), or None."""
+    try:
+        with open(lock_path(target)) as f:
+            pids = [int(x) for x in f.read().split() if x.isdigit()]
+    except OSError:
+        return None
+    return next((p for p in pids if _pid_alive(p)), None)

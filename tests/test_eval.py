@@ -360,3 +360,23 @@ def test_a_model_of_another_variant_is_refused(world, tmp_path, capsys):
     bare = make_model(str(tmp_path / "bare.caffemodel"), world["data"], seed=4)
     run_eval(world, runs_dir=runs, variant="trp", model=bare, protocol="random", trials=2)
     assert "no run record beside it (run.json); cannot check that it is a MTDnet model" in capsys.readouterr().out
+
+
+def test_one_evaluation_of_a_result_at_a_time_and_a_note_while_training(world, tmp_path):
+    from spec.locks import exclusive
+    runs = str(tmp_path / "runs")
+    shutil.copytree(world["run"], os.path.join(runs, "synthetic-mtdnet-tiny"))
+    run = run_of(data_dir=world["data"], runs_dir=runs)
+    with exclusive(run.result_dir + ".eval", "make eval"):
+        with pytest.raises(MtdnetError, match=f"runs/synthetic-mtdnet-tiny: make eval already running "
+                                              f"\\(pid {os.getpid()}\\)"):
+            E.evaluate(run, E.Evaluation(protocol="random", trials=2), progress=False, log=lambda *a: None)
+    assert not os.path.exists(os.path.join(runs, "synthetic-mtdnet-tiny", "cmc-random.json"))
+    said = []
+    with exclusive(run.dir, "make train"):     # a training holds the run: its newest snapshot is scored
+        E.evaluate(run, E.Evaluation(protocol="random", trials=2), progress=False, log=said.append)
+    assert said[0] == (f"note: {run.project.rel(run.dir)} is training now (pid {os.getpid()}): this scores its "
+                       "newest snapshot, iteration 120, not the finished model")
+    said.clear()
+    E.evaluate(run, E.Evaluation(protocol="random", trials=2), progress=False, log=said.append)
+    assert not any(x.startswith("note:") for x in said)
