@@ -22,8 +22,9 @@ unexport $(VARS)
 $(foreach v,$(VARS),$(eval export ARG_$(v) = $$(value $(v))))
 # "$(call opt,--iters,ITERS)": the option with the value when ITERS is given, else nothing.
 opt = $(if $(value $(2)),$(1) "$$ARG_$(2)")
-# A yes/no variable (GPU=1, RESTART=1; 0 / no / false = off).
-flag = $(if $(filter-out 0 no false,$(value $(2))),$(1))
+# A yes/no variable (GPU=1, RESTART=off): the value as typed, which the tool reads (1 / yes /
+# true / on, 0 / no / false / off) or refuses.
+flag = $(if $(value $(2)),$(1)="$$ARG_$(2)")
 
 PY = "$$ARG_VENV/bin/python"
 NEED_VENV = @test -x $(PY) || { echo "no $$ARG_VENV: run 'make setup' first" >&2; exit 1; }

@@ -309,13 +309,22 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
                                             f"(newest: {latest_snapshot(snapshot_prefix)})")
     if interrupted:
         snap = latest_snapshot(snapshot_prefix)
-        raise MtdnetError(f"interrupted at iteration {it}; snapshot {snap}. "
-                          "Run the same command again to resume.")
+        # The snapshot's iteration: Caffe finishes the iterations it began after our last
+        # progress line before it snapshots.
+        where = f"interrupted at iteration {snapshot_iter(snap)}; snapshot {snap}" if snap else \
+            f"interrupted at iteration {it}, before the first snapshot"
+        raise MtdnetError(f"{where}. Run the same command again to resume.")
     if rc != 0:
         text = "".join(tail)
         if caffelog.cpu_only(text):
             raise MtdnetError(f"{solver}: solver_mode GPU, but this Caffe is a CPU-only build; "
                               "leave GPU out, or build the GPU variant with `make setup CUDA=1`")
+        if rc < 0:
+            name = signal.Signals(-rc).name if -rc in signal.valid_signals() else f"signal {-rc}"
+            why = " (the kernel's out-of-memory killer sends it: see `dmesg`)" if -rc == signal.SIGKILL else ""
+            snap = latest_snapshot(snapshot_prefix)
+            raise MtdnetError(f"caffe train was killed by {name}{why} at iteration {it}; newest snapshot: "
+                              f"{snap or 'none yet'}. The same command resumes from it (the log is {log_path})")
         raise MtdnetError(f"caffe train failed (exit {rc}); the log is {log_path}:\n" + text)
     final = latest_snapshot(snapshot_prefix, "caffemodel")
     return snapshot_iter(final) if final else it

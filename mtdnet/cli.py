@@ -1,4 +1,5 @@
 """The entry points' wrapper: a user-facing error is one line and exit status 1."""
+import argparse
 import sys
 
 from mtdnet.trials import PROTOCOLS
@@ -30,6 +31,25 @@ def cli_main(fn):
     except KeyboardInterrupt:
         _tell("interrupted")
         sys.exit(130)
+
+
+YES = ("1", "yes", "y", "true", "on")
+NO = ("0", "no", "n", "false", "off", "")
+
+
+def yes_no(text):
+    """A make yes/no value (RESTART=1, GPU=off) as a bool; anything else is an error, not 'on'."""
+    t = str(text).strip().lower()
+    if t in YES:
+        return True
+    if t in NO:
+        return False
+    raise argparse.ArgumentTypeError(f"'{text}' is neither yes ({', '.join(YES)}) nor no ({', '.join(NO[:-1])})")
+
+
+def add_flag(ap, name, help):
+    """--name, --name=yes / --name=no (make passes what the user typed: RESTART=off is off)."""
+    ap.add_argument(name, type=yes_no, nargs="?", const=True, default=False, metavar="yes|no", help=help)
 
 
 def bars(a):

@@ -18,13 +18,14 @@ import time
 from google.protobuf import text_format
 
 from data_prep import build
+from data_prep.datasets import raw_present
 from mtdnet import caffe_run
 from mtdnet.caffe_speed import add_compute
 from mtdnet.gpu import require_gpu_build
 from mtdnet.plots import plot_loss_curve
 from prototxt import generate
 from prototxt import weights as W
-from spec import MtdnetError
+from spec import DataSpec, MtdnetError, datasets, get_dataset
 from spec.fsutil import atomic_write_json, atomic_write_text, read_json
 from spec.locks import exclusive
 
@@ -57,7 +58,8 @@ def plan(run, iters=None, gpu=False):
         require_gpu_build()
     for d in run.all_data:
         if not d.exists():
-            raise MtdnetError(f"{run.project.rel(d.dir)}: prepared data not found; run `{d.make_command()}` first")
+            raise MtdnetError(f"{run.project.rel(d.dir)}: prepared data not found; run `{d.make_command()}` "
+                              f"first{_other_sources(run) if d is not run.data else ''}")
         why = build.outdated(d.dir)
         if why:
             raise MtdnetError(f"{run.project.rel(d.dir)}: {why}; run `{d.make_command()}` first")
@@ -67,6 +69,21 @@ def plan(run, iters=None, gpu=False):
     solver = (f"# Run with: caffe train -solver {solver_rel}   (from the project root)\n"
               + text_format.MessageToString(s))
     return generate.train_net_text(run), solver, s.max_iter, s.random_seed
+
+
+def _other_sources(run):
+    """A hint when the source dataset asked for has no raw data here but another one has
+    (only CUHK03's detected images: SOURCE=cuhk03detected)."""
+    src = run.source_data.dataset
+    if raw_present(src, project=run.project):
+        return ""
+    here = [d for d in map(get_dataset, datasets.names()) if d.spec.source and d.name != src.name
+            and raw_present(d, project=run.project)]
+    if not here:
+        return ""
+    alt = DataSpec(here[0], run.profile, run.source_split, run.project)
+    return (f"; but no raw {src.name} data is here, {' or '.join(d.name for d in here)} is: add "
+            f"SOURCE={here[0].name} (its data: `{alt.make_command()}`)")
 
 
 def _write(run, net, solver):

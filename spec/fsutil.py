@@ -83,8 +83,9 @@ def require_replaceable(path, ours, what, instead):
     if not os.path.lexists(path):
         return
     if os.path.islink(path) or not os.path.isdir(path):
-        raise MtdnetError(f"{path}: exists and is not a folder; {what} is written only into a new or "
-                          f"empty folder, or one it made itself. {instead}")
+        kind = "a link" if os.path.islink(path) else "a file"
+        raise MtdnetError(f"{path}: {kind}, not a folder; {what} is written only into a new or empty "
+                          "folder, or one it made itself: name a folder")
     if not os.listdir(path) or ours(path):
         return
     raise MtdnetError(f"{path}: not empty and not made by this project; refusing to replace it with "

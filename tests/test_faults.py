@@ -310,6 +310,15 @@ def test_kill_9_of_make_stops_the_driver_and_caffe_with_a_snapshot(data, tmp_pat
     assert caffe_run.snapshot_iter(snap) >= 10 and caffe_run.check_snapshot(snap, REPO_ROOT) is None
 
 
+def test_caffe_killed_outright_says_so_and_how_to_resume(data, tmp_path):
+    p, caffe, run = start_training(data, tmp_path / "runs", "--no-progress")
+    os.kill(caffe, signal.SIGKILL)                      # what the out-of-memory killer does
+    out, err = p.communicate(timeout=STOP_WITHIN + 30)
+    e = one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    assert "caffe train was killed by SIGKILL (the kernel's out-of-memory killer sends it" in e
+    assert "The same command resumes from it" in e and "newest snapshot: " in e
+
+
 def test_sighup_stops_like_ctrl_c_and_the_time_adds_up(data, tmp_path):
     # Progress on: stderr is a pipe here, as when the output is redirected to a file.
     p, caffe, run = start_training(data, tmp_path / "runs")
@@ -322,6 +331,8 @@ def test_sighup_stops_like_ctrl_c_and_the_time_adds_up(data, tmp_path):
     k = first["iterations"]
     assert k >= 10 and first["train_seconds"] > 0
     assert first["model"].endswith(f"_iter_{k}.caffemodel")
+    said = next(x for x in err.splitlines() if "interrupted at iteration" in x)
+    assert f"interrupted at iteration {k}; snapshot " in said and f"_iter_{k}.solverstate" in said, said
 
     r = subprocess.run(train_cli(data, tmp_path / "runs", "--iters", str(k + 20)), cwd=REPO_ROOT,
                        capture_output=True, text=True, timeout=300)
@@ -512,3 +523,34 @@ def test_every_profile_is_within_its_ranges():
     from spec.profiles import PROFILES, check_ranges
     for p in PROFILES.values():
         check_ranges(p)
+
+
+def test_yes_no_values_are_read_as_typed():
+    from mtdnet.cli import yes_no
+    assert [yes_no(v) for v in ("1", "yes", "Y", "TRUE", "on")] == [True] * 5
+    assert [yes_no(v) for v in ("0", "no", "n", "False", "OFF", "")] == [False] * 6
+    r = subprocess.run(["make", "-s", "train", "PROFILE=tiny", "RESTART=maybe"], cwd=REPO_ROOT,
+                       capture_output=True, text=True, env=dict(os.environ, MAKEFLAGS=""), timeout=120)
+    assert r.returncode != 0 and "argument --restart: 'maybe' is neither yes" in r.stderr
+
+
+def test_data_root_naming_a_file_says_so(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    p = tool("prepare_data", "--profile", "tiny", "--data-root", str(f), "--data-dir", str(tmp_path / "d"),
+             "--no-progress")
+    assert one_line_error(p).startswith(f"error: {f}: a file, not a folder;")
+    assert f.read_text() == "x"
+
+
+def test_a_missing_source_names_the_source_whose_raw_data_is_here(data, tmp_path, monkeypatch):
+    import shutil as sh
+    d = tmp_path / "data"
+    sh.copytree(os.path.join(data, "synthetic-tiny-paper"), d / "viper-tiny-paper")
+    run = Run.create("viper", "aug", "tiny", project=Project(root=str(tmp_path), data_dir=str(d)))
+    monkeypatch.setattr(training, "raw_present", lambda ds, project=None: ds.name == "cuhk03detected")
+    with pytest.raises(MtdnetError) as e:
+        training.plan(run)
+    assert "cuhk03-tiny-paper: prepared data not found" in str(e.value)
+    assert str(e.value).endswith("but no raw cuhk03 data is here, cuhk03detected is: add SOURCE=cuhk03detected "
+                                 "(its data: `make data DATASET=cuhk03detected PROFILE=tiny SPLIT=paper`)")

@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet.cli import cli_main  # noqa: E402
+from mtdnet.cli import add_flag, cli_main  # noqa: E402
 
 
 def main(argv=None):
@@ -18,7 +18,7 @@ def main(argv=None):
     from mtdnet.demo import demo
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, help="training iterations (default: the tiny profile's)")
-    ap.add_argument("--restart", action="store_true", help="train the demo's model again from scratch")
+    add_flag(ap, "--restart", help="train the demo's model again from scratch")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     demo(iters=a.iters, restart=a.restart, progress=not a.no_progress)

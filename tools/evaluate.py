@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet.cli import add_experiment_args, bars, cli_main, run_from_args  # noqa: E402
+from mtdnet.cli import add_experiment_args, add_flag, bars, cli_main, run_from_args  # noqa: E402
 
 
 def main(argv=None):
@@ -39,11 +39,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, help="random protocol: seed of the draws (default: the profile's)")
     ap.add_argument("--model", help="a .caffemodel (default: the run's newest snapshot)")
     ap.add_argument("--scorer", default="fast", help=f"pair scorer: {', '.join(PAIR_SCORERS)}")
-    ap.add_argument("--gpu", action="store_true", help="score on the GPU (needs `make setup CUDA=1`)")
+    add_flag(ap, "--gpu", help="score on the GPU (needs `make setup CUDA=1`)")
     ap.add_argument("--on", default="test", choices=("test", "val"),
                     help="rank the split's test identities (default) or its validation identities")
-    ap.add_argument("--select-on-val", action="store_true",
-                    help="evaluate every snapshot on the validation identities, then the best one on test")
+    add_flag(ap, "--select-on-val",
+             help="evaluate every snapshot on the validation identities, then the best one on test")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     ev = E.Evaluation(a.protocol, a.trials, a.seed, a.model, a.scorer, a.gpu, a.on)

@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet.cli import cli_main  # noqa: E402
+from mtdnet.cli import add_flag, cli_main  # noqa: E402
 
 
 def main(argv=None):
@@ -20,9 +20,9 @@ def main(argv=None):
     from spec import PROFILES, REPO_ROOT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="scratch", help=f"one of {', '.join(PROFILES)} (default scratch)")
-    ap.add_argument("--gpu", action="store_true", help="train and score on the GPU (a CUDA build)")
+    add_flag(ap, "--gpu", help="train and score on the GPU (a CUDA build)")
     ap.add_argument("--weights", help="an ImageNet CaffeNet / AlexNet model for the source stage (paper profile)")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and the expected times; run nothing")
+    add_flag(ap, "--dry-run", help="print the plan and the expected times; run nothing")
     a = ap.parse_args(argv)
     steps, notes = table1.plan(a.profile, a.gpu, os.path.abspath(a.weights) if a.weights else None)
     if a.dry_run:

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet.cli import add_experiment_args, cli_main, run_from_args  # noqa: E402
+from mtdnet.cli import add_experiment_args, add_flag, cli_main, run_from_args  # noqa: E402
 
 
 def main():
@@ -25,9 +25,9 @@ def main():
     ap.add_argument("--iters", type=int, help="max_iter (default: the profile's for this dataset)")
     ap.add_argument("--weights", help="an ImageNet CaffeNet/AlexNet caffemodel (conv1/conv2 are copied) "
                                       "or an MTDnet model (CUHK03) to fine-tune from")
-    ap.add_argument("--gpu", action="store_true", help="solver_mode GPU (needs `make setup CUDA=1`)")
-    ap.add_argument("--restart", action="store_true",
-                    help="start the run again (from --weights or the fillers) instead of resuming; the "
+    add_flag(ap, "--gpu", help="solver_mode GPU (needs `make setup CUDA=1`)")
+    add_flag(ap, "--restart",
+             help="start the run again (from --weights or the fillers) instead of resuming; the "
                          "earlier run is moved into <run>/previous-<time>/, nothing is deleted")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args()

@@ -29,6 +29,17 @@ def default_root(dataset, project=None):
     return os.path.join(DATASETS_DIR, spec.dirname)
 
 
+def raw_present(dataset, root=None, project=None):
+    """Whether the dataset's raw data is at root (default: its default folder): the reader's
+    present(root, **options) where it has one, else the folder's existence."""
+    ds = get_dataset(dataset)
+    root = root or default_root(ds, project)
+    reader = get_reader(ds)
+    if hasattr(reader, "present"):
+        return reader.present(root, **ds.option_dict)
+    return os.path.isdir(root)
+
+
 def read_dataset(dataset, root=None, project=None, **options):
     """Records and facts of a dataset; `dataset` is a Dataset or a name, options as get_dataset's."""
     ds = get_dataset(dataset, **options)

@@ -49,6 +49,14 @@ def person_id(pair, index):
     return int(pair) * 1000 + int(index)
 
 
+def present(root, images="labeled"):
+    """The .mat or torchreid's images_<images>/ folder is at root."""
+    try:
+        return mat_path(root, images) is not None or os.path.isdir(os.path.join(root, f"images_{images}"))
+    except MtdnetError:
+        return False
+
+
 def mat_path(root, images="labeled"):
     """The .mat under root, or None when root holds torchreid's images_<images>/ folder instead."""
     if os.path.isfile(root):
