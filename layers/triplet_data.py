@@ -233,6 +233,9 @@ def _die_with_parent():
 def _prefetch_worker(make_batcher, w, workers, depth, buf, shape, full, empty, errors, parent):
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C / SIGHUP stop the solver, not us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The solver stops us with SIGTERM: end quietly, not with the stack trace glog's failure
+    # handler (inherited from `caffe`) prints.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     if os.getppid() != parent:
         os._exit(0)

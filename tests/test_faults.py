@@ -319,6 +319,26 @@ def test_caffe_killed_outright_says_so_and_how_to_resume(data, tmp_path):
     assert "The same command resumes from it" in e and "newest snapshot: " in e
 
 
+def test_ctrl_c_of_a_hand_run_caffe_train_is_quiet(data, tmp_path):
+    """`caffe train -solver ...` typed by hand, then Ctrl-C (SIGINT to the whole foreground
+    group): Caffe snapshots; its prefetch workers end without glog's SIGTERM stack traces."""
+    run = Run.create("synthetic", "mtdnet", "tiny", overrides=["prefetch_workers=2"],
+                     project=Project(root=str(tmp_path), data_dir=data))
+    training.prepare(run, iters=BIG)
+    p = subprocess.Popen([Project().caffe, "train", "-solver", run.solver], cwd=str(tmp_path),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if "Iteration 10," in line:
+            break
+    os.killpg(p.pid, signal.SIGINT)
+    out = "".join(seen) + p.communicate(timeout=STOP_WITHIN)[0]
+    assert "Optimization stopped early" in out, out[-3000:]
+    assert "SIGTERM" not in out and "stack trace" not in out, out[-3000:]
+    assert caffe_run.check_snapshot(caffe_run.latest_snapshot(run.snapshot_prefix), str(tmp_path)) is None
+
+
 def test_sighup_stops_like_ctrl_c_and_the_time_adds_up(data, tmp_path):
     # Progress on: stderr is a pipe here, as when the output is redirected to a file.
     p, caffe, run = start_training(data, tmp_path / "runs")
