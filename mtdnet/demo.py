@@ -32,21 +32,25 @@ def demo(project=None, iters=None, restart=False, progress=True, log=print):
     bars = progress and sys.stderr.isatty()   # training prints plain progress lines otherwise
     t0 = time.time()
 
-    def step(k, text):
-        log(f"\n== demo {k}/4: {text} ({time.time() - t0:.0f} s)")
+    k = 0
 
-    step(1, f"make data DATASET={DATASET} PROFILE={PROFILE}")
+    def step(text):
+        nonlocal k
+        k += 1
+        log(f"\n== demo {k}/5: {text} ({time.time() - t0:.0f} s)")
+
+    step(f"make data DATASET={DATASET} PROFILE={PROFILE}")
     prepare(DATASET, PROFILE, "paper", project=project, progress=bars, log=log)
     run = Run.create(DATASET, VARIANT, PROFILE, project=project)
-    step(2, f"make train DATASET={DATASET} VARIANT={VARIANT} PROFILE={PROFILE}"
+    step(f"make train DATASET={DATASET} VARIANT={VARIANT} PROFILE={PROFILE}"
             + (f" ITERS={iters}" if iters else ""))
     info = training.train(run, iters=iters, progress=progress, restart=restart)
     results = {}
-    for k, variant in enumerate((VARIANT, SCORED_ALSO)):
-        step(3, f"make eval DATASET={DATASET} VARIANT={variant} PROFILE={PROFILE}"
-                + (" (the same model, ranked by its triplet features)" if k else ""))
+    for variant in (VARIANT, SCORED_ALSO):
+        step(f"make eval DATASET={DATASET} VARIANT={variant} PROFILE={PROFILE}"
+             + (" (the same model, ranked by its triplet features)" if variant == SCORED_ALSO else ""))
         results[variant] = evaluate.evaluate(run.with_variant(variant), progress=bars, log=log)
-    step(4, "make report")
+    step("make report")
     _, written = build_report(project.runs_dir)
     log("\n" + summary(run, info, results, written, time.time() - t0))
     return results

@@ -96,8 +96,9 @@ def reproduce(r, run, info):
     """The make commands that reproduce a result (train, then eval; MODEL= where the result
     scored a model that is not one of the run's own snapshots)."""
     model = r.get("model")
-    own = not model or model == info.get("model") or \
-        os.path.dirname(run.project.abs(model)) == os.path.abspath(run.snapshot_dir)
+    # <run>/snapshots/<file>: the run's own (paths are relative to the project that evaluated).
+    parts = os.path.normpath(model).split(os.sep)[-3:-1] if model else []
+    own = not model or model == info.get("model") or parts == [run.name, "snapshots"]
     return run.commands(iters=info.get("iterations"), weights=info.get("weights"),
                         select=bool(r.get("selected")), model=None if own else model)
 
@@ -211,9 +212,11 @@ def table1_markdown(results, records=None):
 
 
 def hours_minutes(seconds):
-    """'2 h 05 min' / '7 min' (at least 1 min): wall times in plans and reports."""
+    """'2 h 05 min' / '7 min' / '40 s': wall times in plans and reports."""
+    if seconds < 59.5:
+        return f"{max(seconds, 0):.0f} s"
     m = int(round(seconds / 60))
-    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{max(m, 1)} min"
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
 
 
 def best_per_dataset(results):

@@ -114,10 +114,12 @@ def test_pre_trained_rows_wall_times_commands_and_a_docs_copy(tmp_path):
     runs = str(tmp_path / "runs")
     weights = str(tmp_path / "runs" / "cuhk03detected-mtdnet-cpu" / "snapshots" / "m.caffemodel")
     ft = result("viper", "mtdnet", ranks=(1, 1, 1, 1), tag="cuhk03detected", iterations=1000,
-                init=f"fine-tuned from {weights}", score_seconds=200)
+                init=f"fine-tuned from {weights}", score_seconds=200,
+                model="runs/viper-mtdnet-cpu@cuhk03detected/snapshots/viper_mtdnet_iter_1000.caffemodel")
     write_run(runs, "viper-mtdnet-cpu@cuhk03detected", ft, (0, 0, 200))
     write_run(runs, "viper-mtdnet-cpu", result("viper", "mtdnet", ranks=(2, 2, 2, 2)), (200, 0, 0))
-    write_run(runs, "viper-cross-cpu@cuhk03detected", dict(ft, variant="cross"))
+    write_run(runs, "viper-cross-cpu@cuhk03detected", dict(ft, variant="cross", model=ft["model"].replace(
+        "mtdnet", "cross")))
     for name, info in (("viper-mtdnet-cpu@cuhk03detected", dict(iterations=1000, weights=weights,
                                                                 train_seconds=3720.0)),
                        ("viper-cross-cpu@cuhk03detected", dict(iterations=1000, weights=weights,
@@ -223,3 +225,8 @@ def test_reproduce_names_model_when_the_result_scored_another_runs_model(tmp_pat
     evals = [l.split(" then ")[1].strip() for l in md.splitlines() if "reproduce:" in l]
     assert "`make eval DATASET=viper VARIANT=cls PROFILE=cpu MODEL=models/x/x_iter_7.caffemodel`" in evals
     assert "`make eval DATASET=viper VARIANT=mtdnet PROFILE=cpu`" in evals
+
+
+def test_wall_times_read_as_spent():
+    assert [R.hours_minutes(s) for s in (1, 40, 59.4, 60, 89, 3600, 7500)] == \
+        ["1 s", "40 s", "59 s", "1 min", "1 min", "1 h 00 min", "2 h 05 min"]
