@@ -42,7 +42,8 @@ DEFAULT_TRIALS = 10
 MAX_RANDOM_SPLITS = 100      # random<k> runs looked for when none are named
 SELECT_CANDIDATES = 6        # snapshots scored on the validation identities by SELECT=1
 GALLERY_RULES = {"first": "each identity's first camera-B image (the authors' fixed gallery)",
-                 "all": "every camera-B image of each identity (the release's CUHK03 feature ranking)"}
+                 "all": "every camera-B image of each identity (the release's CUHK03 and CUHK01 feature "
+                        "ranking)"}
 RANKED_PROBES = 5
 RANKED_TOP = 10
 

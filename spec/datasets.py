@@ -34,7 +34,8 @@ class DatasetSpec:
     negatives: str = "random"
     # Paper-protocol gallery of the feature-ranked variants (trp, rnk): "first" = each test
     # identity's first camera-B image, as the pair score; "all" = all its camera-B images
-    # (the release's CUHK03 feature scripts).
+    # (the release's CUHK03 and CUHK01 feature scripts: ExtractFeature2Mat_cuhk03.py:109-113,
+    # ExtractFeature2Mat_CUHK01.py:108-140 with GetAccuracyfromFeatures.py:22-24).
     feature_gallery: str = "first"
 
 
@@ -138,7 +139,7 @@ for _spec in (
     DatasetSpec("viper", "VIPeR", "data_prep.datasets.viper", "VIPeR", table1=3),
     # protocol: "100" test identities (Table 1's) or "half" (486, the release's CUHK01half).
     DatasetSpec("cuhk01", "CUHK01", "data_prep.datasets.cuhk01", "CUHK01", options=(("protocol", ("100", "half")),),
-                table1=2),
+                table1=2, feature_gallery="all"),
     DatasetSpec("cuhk03", "CUHK03", "data_prep.datasets.cuhk03", "CUHK03",
                 options=(("images", ("labeled", "detected")),), table1=1, long_schedule=True,
                 source=True, feature_gallery="all"),

@@ -291,12 +291,15 @@ def test_cuhk03_paper_split_is_testsets1_and_the_recorded_validation_list(tmp_pa
 def test_galleries():
     # ComputeAccuracy/ComputeAccuracy_cuhk03.py:110 and the others: the first camera-B image per
     # identity for the pair score; ExtractFeature2Mat_cuhk03.py:109-113: every camera-B image for
-    # CUHK03's feature ranking (trp, rnk).
+    # CUHK03's feature ranking (trp, rnk), and CUHK01's as below.
     images = [{"index": i, "person_id": p, "camera_id": c, "role": "test"}
               for i, (p, c) in enumerate([(1, 0), (1, 1), (1, 1), (2, 0), (2, 1)])]
     e = splitting.eval_sets({"test": [1, 2], "val": [], "distractors": [], "probe_camera": 0,
                              "gallery_camera": 1}, images)["test"]["identities"]
     assert [x["gallery"] for x in e] == [[1], [4]] and [x["gallery_all"] for x in e] == [[1, 2], [4]]
-    assert datasets.get_dataset("cuhk03").spec.feature_gallery == "all"
-    assert {datasets.get_dataset(d).spec.feature_gallery for d in ("viper", "cuhk01", "ilids", "prid2011")} == \
-        {"first"}
+    # ExtractFeature2Mat_CUHK01.py:108-140 and GetAccuracyfromFeatures.py:22-24: CUHK01 (and
+    # CUHK01half) features are ranked against both camera-B images of each test identity.
+    assert {d: datasets.get_dataset(d).spec.feature_gallery for d in ("cuhk03", "cuhk03detected", "cuhk01",
+                                                                      "cuhk01half")} == dict.fromkeys(
+        ("cuhk03", "cuhk03detected", "cuhk01", "cuhk01half"), "all")
+    assert {datasets.get_dataset(d).spec.feature_gallery for d in ("viper", "ilids", "prid2011")} == {"first"}
