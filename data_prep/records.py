@@ -52,9 +52,25 @@ class Facts:
     distractor_ids: list = None    # gallery-only persons in every test gallery (PRID2011)
     testsets: list = None          # CUHK03: the 20 recorded test sets of cuhk-03.mat
     inputs: list = None            # files whose (size, mtime) define "the inputs"
+    # Splits fixed image by image ({name: () -> ImageProtocol}, read when that split is made):
+    # CUHK03's 767/700 protocol (split `new`).
+    image_protocols: dict = dataclasses.field(default_factory=dict)
     options: dict = dataclasses.field(default_factory=dict)
     notes: list = dataclasses.field(default_factory=list)
     key: str = ""                  # registry name, set by data_prep.datasets.read_dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageProtocol:
+    """A split its authors fixed image by image (CUHK03's 767/700): the training and test
+    identities, and which test images are queries and which form the gallery (record
+    names). A query is ranked against the gallery images of the other cameras: its own
+    identity's images from its own camera are left out of its ranking."""
+    rule: str
+    train_ids: list
+    test_ids: list
+    query: list
+    gallery: list
 
 
 @dataclasses.dataclass

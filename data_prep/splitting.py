@@ -39,6 +39,8 @@ def make_split(dataset, split, seed, num_test=None, num_val=None):
     facts = dataset.facts
     split = Split.parse(split).require_concrete("a split's identities")
     name, kind, k = split.name, split.kind, split.index or 0
+    if kind == "new":
+        return _image_protocol_split(dataset, name, seed, num_test, num_val)
     ids = identity_pool(dataset)
     present = set(ids)
     n_val = facts.n_val if num_val is None else int(num_val)
@@ -127,6 +129,29 @@ def make_split(dataset, split, seed, num_test=None, num_val=None):
     }
 
 
+def _image_protocol_split(dataset, name, seed, num_test, num_val):
+    """A split fixed image by image (Facts.image_protocols): its identities, no validation
+    identities (the protocol has none), and its query / gallery images (record names, turned
+    into image indices by eval_sets)."""
+    facts = dataset.facts
+    make = facts.image_protocols.get(name)
+    if make is None:
+        raise MtdnetError(f"split '{name}' is CUHK03's 767/700 protocol; {facts.name} has no such split")
+    if num_test is not None or num_val:
+        raise MtdnetError(f"--num-test / --num-val do not apply to split '{name}': its images are fixed")
+    proto = make()
+    return {
+        "dataset": facts.key, "dataset_name": facts.name, "split": name, "seed": seed,
+        "protocol": proto.rule, "rule": proto.rule, "options": facts.options,
+        "train": list(proto.train_ids), "val": [], "test": list(proto.test_ids), "distractors": [],
+        "sizes": {"train": len(proto.train_ids), "val": 0, "test": len(proto.test_ids), "distractors": 0},
+        "cameras": list(facts.cameras), "probe_camera": facts.probe_camera,
+        "gallery_camera": facts.gallery_camera, "cameras_known": facts.cameras_known,
+        "warnings": [], "substitute": None,
+        "image_protocol": {"query": list(proto.query), "gallery": list(proto.gallery)},
+    }
+
+
 def roles(split):
     """person id -> role; distractors are part of the test gallery."""
     out = {p: r for r in ROLES for p in split[r]}
@@ -181,5 +206,11 @@ def eval_sets(split, images):
 
     distractors = [im["index"] for p in split["distractors"] for im in by_person.get(p, [])
                    if im["camera_id"] == gc]
-    return {"test": {"identities": [entry(p) for p in split["test"]], "distractors": distractors},
-            "val": {"identities": [entry(p) for p in split["val"]], "distractors": []}}
+    out = {"test": {"identities": [entry(p) for p in split["test"]], "distractors": distractors},
+           "val": {"identities": [entry(p) for p in split["val"]], "distractors": []}}
+    fixed = split.pop("image_protocol", None)
+    if fixed:   # the protocol's own queries and gallery, ranked across cameras
+        index = {im["path"]: im["index"] for im in images}
+        out["test"].update(query=[index[n] for n in fixed["query"]], gallery=[index[n] for n in fixed["gallery"]],
+                           cross_camera=True)
+    return out

@@ -319,8 +319,8 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
         if caffelog.cpu_only(text):
             raise MtdnetError(f"{solver}: solver_mode GPU, but this Caffe is a CPU-only build; "
                               "leave GPU out, or build the GPU variant with `make setup CUDA=1`")
-        if rc < 0:
-            name = signal.Signals(-rc).name if -rc in signal.valid_signals() else f"signal {-rc}"
+        if rc in (-signal.SIGKILL, -signal.SIGTERM):   # killed from outside; a CHECK failure aborts (SIGABRT)
+            name = signal.Signals(-rc).name
             why = " (the kernel's out-of-memory killer sends it: see `dmesg`)" if -rc == signal.SIGKILL else ""
             snap = latest_snapshot(snapshot_prefix)
             raise MtdnetError(f"caffe train was killed by {name}{why} at iteration {it}; newest snapshot: "

@@ -98,13 +98,15 @@ def check_scores(scores, probe_ids, gallery_ids):
     return s, p, g
 
 
-def _match_table(s, p, g, higher_is_better):
+def _match_table(s, p, g, higher_is_better, pc=None, gc=None):
     """Every (probe, true-match) entry with its pessimistic position in the ranking.
 
     Returns (probe, k, position), each of length T = number of true-match pairs,
     sorted by probe then by worsening score: k is 1 for a probe's best true
     match, 2 for its next, ...; position is where that match sits in the ranked
-    gallery = k + (wrong gallery images scoring at least as well).
+    gallery = k + (wrong gallery images scoring at least as well). With cameras
+    (pc, gc), a probe's own identity's gallery images from its own camera are left
+    out of its ranking (neither a match nor ahead of one).
     """
     probes, values, ahead = [], [], []
     for start in range(0, p.size, _CHUNK_ROWS):
@@ -113,9 +115,14 @@ def _match_table(s, p, g, higher_is_better):
         if not higher_is_better:
             sc = -sc
         match = p[start:start + _CHUNK_ROWS, None] == g[None, :]
+        left_out = match & (pc[start:start + _CHUNK_ROWS, None] == gc[None, :]) if pc is not None else None
+        if left_out is not None:
+            match &= ~left_out
         pi, gj = np.nonzero(match)
         v = sc[pi, gj]
         wrong = np.where(match, -np.inf, sc)   # scores are finite, so -inf never counts
+        if left_out is not None:
+            wrong[left_out] = -np.inf
         n_ahead = np.empty(pi.size, dtype=np.int64)
         if pi.size == wrong.shape[0] and np.array_equal(pi, np.arange(pi.size)):
             n_ahead[:] = np.count_nonzero(wrong >= v[:, None], axis=1)  # one match per probe
@@ -138,17 +145,29 @@ def _match_table(s, p, g, higher_is_better):
     return probe, k, k + n_ahead
 
 
-def evaluate(scores, probe_ids, gallery_ids, *, higher_is_better, exclude_missing=False):
+def evaluate(scores, probe_ids, gallery_ids, *, higher_is_better, exclude_missing=False,
+             probe_cams=None, gallery_cams=None):
     """CMC ranks and AP of every probe of one trial -> `Evaluation`.
 
     scores: (P, G) array, scores[i, j] compares probe i with gallery image j.
     probe_ids, gallery_ids: person ids (ints or strings), length P and G.
+    probe_cams, gallery_cams (both or neither): camera ids; a probe is then ranked
+    against every gallery image except its own identity's from its own camera (the
+    cross-camera rule of CUHK03's 767/700 and Market-1501 protocols).
     A probe whose identity has no gallery image is an error unless
     exclude_missing=True, which drops it and lists it in `excluded`.
     Vectorised: a 10000 x 10000 matrix takes a few passes over the scores.
     """
     s, p, g = check_scores(scores, probe_ids, gallery_ids)
-    probe, k, pos = _match_table(s, p, g, higher_is_better)
+    pc = gc = None
+    if (probe_cams is None) != (gallery_cams is None):
+        raise MtdnetError("probe_cams and gallery_cams go together")
+    if probe_cams is not None:
+        pc, gc = np.asarray(probe_cams), np.asarray(gallery_cams)
+        if pc.shape != p.shape or gc.shape != g.shape:
+            raise MtdnetError(f"cameras: {pc.shape} probe and {gc.shape} gallery, for {p.size} probes and "
+                              f"{g.size} gallery images")
+    probe, k, pos = _match_table(s, p, g, higher_is_better, pc, gc)
     n_matches = np.bincount(probe, minlength=p.size)
     missing = np.flatnonzero(n_matches == 0)
     if missing.size and not exclude_missing:

@@ -43,7 +43,12 @@ MAX_RANDOM_SPLITS = 100      # random<k> runs looked for when none are named
 SELECT_CANDIDATES = 6        # snapshots scored on the validation identities by SELECT=1
 GALLERY_RULES = {"first": "each identity's first camera-B image (the authors' fixed gallery)",
                  "all": "every camera-B image of each identity (the release's CUHK03 and CUHK01 feature "
-                        "ranking)"}
+                        "ranking)",
+                 "cross_camera": "the protocol's gallery; each query ranked against it without its own "
+                                 "identity's images from its own camera"}
+# Beyond this many probe x gallery pairs the pair score (8 passes of the pair net each) is
+# refused: CUHK03's 767/700 split has 7.5M.
+PAIR_SCORE_LIMIT = 1_000_000
 RANKED_PROBES = 5
 RANKED_TOP = 10
 
@@ -147,6 +152,13 @@ def make_trials(prepared, protocol, n_trials=DEFAULT_TRIALS, seed=0, on="test", 
                           f"(a split with them: SPLIT=val, or CUHK03's paper split)")
     pid = {im["index"]: im["person_id"] for im in images}
     test = (split.get("eval") or {}).get(on)
+    if test and test.get("cross_camera"):   # a protocol fixed image by image (CUHK03 767/700)
+        if protocol != "paper":
+            raise MtdnetError(f"split '{split.get('split')}' has its own fixed queries and gallery: "
+                              "evaluate it with PROTOCOL=paper")
+        cams = {im["index"]: im["camera_id"] for im in images}
+        return [trials.cross_camera_trial([(i, pid[i]) for i in test["query"]],
+                                          [(i, pid[i]) for i in test["gallery"]], cams)]
     if protocol == "paper" and test:
         # The fixed gallery exactly as data_prep recorded it.
         try:
@@ -213,6 +225,13 @@ def _evaluate(run, ev, progress, log, selected):
         log(f"note: {project.rel(run.dir)} is training now (pid {trainer}): this scores its newest snapshot, "
             f"iteration {caffe_run.snapshot_iter(model)}, not the finished model")
     rows, cols = trials.score_layout(the_trials)
+    if the_trials[0].probe_cams is not None:
+        rule = "cross_camera"
+    if run.variant.score == "pair" and rows.size * cols.size > PAIR_SCORE_LIMIT:
+        raise MtdnetError(f"{project.rel(prepared.dir)}: {rows.size} queries x {cols.size} gallery images = "
+                          f"{rows.size * cols.size / 1e6:.1f}M pairs, each through the pair net 8 times: days "
+                          f"on a CPU. Rank this split with triplet features: VARIANT=trp (the same MTDnet "
+                          f"model) or rnk")
     out = run.result_dir
     kind = run.variant.score
     scoring.use_device(ev.gpu)

@@ -48,12 +48,19 @@ class Trial:
     gallery: np.ndarray
     gallery_ids: np.ndarray
     n_distractors: int = 0
+    # Cross-camera trials (cross_camera_trial): the cameras of probe and gallery images; a
+    # probe's own identity's gallery images from its own camera are left out of its ranking.
+    probe_cams: np.ndarray = None
+    gallery_cams: np.ndarray = None
 
     def to_dict(self):
         """JSON-ready form (e.g. to record the trials beside cmc.json)."""
-        return {"probe": self.probe.tolist(), "probe_ids": self.probe_ids.tolist(),
-                "gallery": self.gallery.tolist(), "gallery_ids": self.gallery_ids.tolist(),
-                "n_distractors": self.n_distractors}
+        d = {"probe": self.probe.tolist(), "probe_ids": self.probe_ids.tolist(),
+             "gallery": self.gallery.tolist(), "gallery_ids": self.gallery_ids.tolist(),
+             "n_distractors": self.n_distractors}
+        if self.probe_cams is not None:
+            d.update(probe_cams=self.probe_cams.tolist(), gallery_cams=self.gallery_cams.tolist())
+        return d
 
 
 def check_protocol(name):
@@ -125,6 +132,22 @@ def paper_trial(probes, gallery, distractors=()):
     g_idx, g_ids = _pairs("gallery", gallery)
     d_idx, d_ids = _pairs("distractors", distractors, allow_empty=True)
     return _make_trial(p_idx, p_ids, g_idx, g_ids, d_idx, d_ids, "paper protocol")
+
+
+def cross_camera_trial(probes, gallery, cameras):
+    """A protocol's fixed query / gallery images ranked across cameras (CUHK03's 767/700):
+    one Trial; cameras: {image_index: camera id}. Every query needs a gallery image of its
+    identity from another camera."""
+    p_idx, p_ids = _pairs("queries", probes)
+    g_idx, g_ids = _pairs("gallery", gallery)
+    t = _make_trial(p_idx, p_ids, g_idx, g_ids, np.zeros(0, np.int64), np.zeros(0, np.int64),
+                    "cross-camera protocol")
+    try:
+        pc = np.array([cameras[int(i)] for i in t.probe])
+        gc = np.array([cameras[int(i)] for i in t.gallery])
+    except KeyError as e:
+        raise MtdnetError(f"cross-camera protocol: no camera for image {e}") from None
+    return dataclasses.replace(t, probe_cams=pc, gallery_cams=gc)
 
 
 def random_trials(probes, candidates, n_trials, seed, distractors=(), probes_per_identity=None):
@@ -269,7 +292,7 @@ def evaluate_protocol(scores, rows, cols, trials, *, protocol, higher_is_better,
     trials were drawn with (None for `paper`).
     """
     check_protocol(protocol)
-    evs = [cmc.evaluate(trial_scores(scores, rows, cols, t), t.probe_ids,
-                               t.gallery_ids, higher_is_better=higher_is_better)
+    evs = [cmc.evaluate(trial_scores(scores, rows, cols, t), t.probe_ids, t.gallery_ids,
+                        higher_is_better=higher_is_better, probe_cams=t.probe_cams, gallery_cams=t.gallery_cams)
            for t in trials]
     return cmc.protocol_result(evs, protocol, higher_is_better=higher_is_better, seed=seed)

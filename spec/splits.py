@@ -5,6 +5,7 @@
                  seeded part of its training identities held out as the test set
   random<k>      the k-th seeded random split of the protocol's sizes
   testsets<k>    CUHK03: the k-th of the 20 test sets in cuhk-03.mat
+  new            CUHK03: the 767/700 protocol (Zhong et al. 2017) most later work reports
   random, testsets   (all of them: what `make data` builds and `make eval` averages)
 """
 import dataclasses
@@ -12,9 +13,9 @@ import re
 
 from spec.errors import MtdnetError
 
-KINDS = ("paper", "val", "random", "testsets")
-HELP = "paper | val | random | random<k> | testsets | testsets<k> (CUHK03 only)"
-_NAME = re.compile(r"(paper|val)|(random|testsets)(\d+)?")
+KINDS = ("paper", "val", "random", "testsets", "new")
+HELP = "paper | val | random | random<k> | testsets | testsets<k> | new (the last three CUHK03 only)"
+_NAME = re.compile(r"(paper|val|new)|(random|testsets)(\d+)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Split:
     @property
     def concrete(self):
         """One prepared-data directory (not 'random' = all random<k>)."""
-        return self.kind in ("paper", "val") or self.index is not None
+        return self.kind in ("paper", "val", "new") or self.index is not None
 
     @property
     def is_paper(self):

@@ -25,14 +25,16 @@ triplet's negative for a view-2 positive is a view-2 image of any pair.
 The protocol (Li et al. 2014, the paper) uses camera pairs 1-3: 1360 persons,
 1160 train / 100 val / 100 test.
 """
+import hashlib
 import os
 import re
 
 import h5py
 import numpy as np
+import scipy.io
 
 from spec import MtdnetError
-from data_prep.records import (Dataset, Facts, Record, check_both_cameras,
+from data_prep.records import (SPLITS_DIR, Dataset, Facts, ImageProtocol, Record, check_both_cameras,
                                paper_split, require_dir)
 
 NAME = "CUHK03"
@@ -42,6 +44,15 @@ FOLDER_FILE = re.compile(r"^(\d)_(\d{3})_([12])_(\d{2})\.(png|jpg|jpeg)$", re.IG
 RECORDED_VAL = "cuhk03_recorded_val.json"
 UNKNOWN_TESTSET = "cuhk03_official_testset_index_unknown.json"
 PROTOCOL_PAIRS = (1, 2, 3)
+# The 767/700 protocol's configuration (data_prep/splits/cuhk03_new_protocol.md); a copy in
+# DATA_ROOT under the same name is read instead (and is then one of the inputs).
+NEW_PROTOCOL = "cuhk03_new_protocol_config_{images}.mat"
+NEW_PROTOCOL_SHA256 = {
+    "detected": "ef438e7775fce6d08ef6dff84d2235bd4bed63850dbbf7025f3251e45c7fa721",
+    "labeled": "15627d0913d59ac61220cf311dbca8b936499265da86c0c036d3b8162a180b9c",
+}
+NEW_PROTOCOL_SIZES = {"train": 767, "test": 700}
+MAT_CELL = re.compile(r"\{(\d)\}\((\d+),(\d+)\)$")
 VIEWS = 10            # cells per person: 5 per camera
 
 
@@ -131,9 +142,73 @@ def read(root, images="labeled"):
         raise MtdnetError(f"{NAME}: unknown image set '{images}'; valid: {', '.join(IMAGE_SETS)}")
     path = mat_path(root, images)
     if path is None:
-        return read_folder(root, images)
-    records, testsets = read_mat(path, images)
-    return _dataset(root, images, records, [path], testsets[0] if testsets else [], testsets, "", [])
+        data = read_folder(root, images)
+    else:
+        records, testsets = read_mat(path, images)
+        data = _dataset(root, images, records, [path], testsets[0] if testsets else [], testsets, "", [])
+    config = new_protocol_config(root if os.path.isdir(root) else os.path.dirname(root), images)
+    if not config.startswith(SPLITS_DIR):
+        data.facts.inputs.append(config)
+    data.facts.image_protocols["new"] = lambda: new_protocol(data.records, config, images)
+    return data
+
+
+def new_protocol_config(root, images):
+    """The 767/700 configuration: DATA_ROOT's copy, else the one shipped in data_prep/splits/."""
+    name = NEW_PROTOCOL.format(images=images)
+    mine = os.path.join(root, name)
+    return mine if os.path.isfile(mine) else os.path.join(SPLITS_DIR, name)
+
+
+def _cell(record):
+    """(person id, column 1-10) of a record of either layout."""
+    m = FOLDER_FILE.match(os.path.basename(record.name))
+    if m:
+        pair, index, _, col = (int(x) for x in m.groups()[:4])
+        return person_id(pair, index), col
+    m = MAT_CELL.search(record.name)
+    if m:
+        pair, index, col = (int(x) for x in m.groups())
+        return person_id(pair, index), col
+    raise MtdnetError(f"{record.name}: not a CUHK03 image name")
+
+
+def new_protocol(records, config, images):
+    """The 767/700 split (ImageProtocol) of these records, from its configuration .mat."""
+    if config.startswith(SPLITS_DIR):
+        with open(config, "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() != NEW_PROTOCOL_SHA256[images]:
+                raise MtdnetError(f"{config}: not the 767/700 protocol's published file (sha256 differs)")
+    try:
+        m = scipy.io.loadmat(config)
+        names = [str(np.asarray(x).ravel()[0]) for x in m["filelist"].ravel()]
+        idx = {k: m[f"{k}_idx"].ravel().astype(np.int64) - 1 for k in ("train", "query", "gallery")}
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise MtdnetError(f"{config}: not a CUHK03 767/700 protocol configuration ({e})") from None
+    by_cell = {_cell(r): r.name for r in records}
+    cells = []
+    for n in names:
+        fm = FOLDER_FILE.match(n)
+        if not fm:
+            raise MtdnetError(f"{config}: file name '{n}' is not P_III_V_JJ.png")
+        pair, index, _, col = (int(x) for x in fm.groups()[:4])
+        cells.append((person_id(pair, index), col))
+    missing = [names[i] for i, c in enumerate(cells) if c not in by_cell]
+    if missing:
+        raise MtdnetError(f"{config}: {len(missing)} of its {len(names)} images are not in this CUHK03 "
+                          f"({images}), e.g. {missing[:3]}; split 'new' needs all of them")
+    pick = {k: [cells[i] for i in v] for k, v in idx.items()}
+    train_ids = sorted({c[0] for c in pick["train"]})
+    test_ids = sorted({c[0] for c in pick["query"] + pick["gallery"]})
+    if set(train_ids) & set(test_ids):
+        raise MtdnetError(f"{config}: training and test identities overlap")
+    return ImageProtocol(
+        rule=(f"new: CUHK03's 767/700 protocol (Zhong et al., CVPR 2017; {os.path.basename(config)}): "
+              f"{len(train_ids)} training / {len(test_ids)} test identities of all five camera pairs, "
+              f"{len(pick['query'])} query and {len(pick['gallery'])} gallery images, each query ranked "
+              "against the gallery images of the other camera"),
+        train_ids=train_ids, test_ids=test_ids,
+        query=[by_cell[c] for c in pick["query"]], gallery=[by_cell[c] for c in pick["gallery"]])
 
 
 def _dataset(root, images, records, inputs, test_ids, testsets, test_source, notes, substitute=None):
