@@ -8,8 +8,9 @@
      MTDnet from scratch on the dataset alone, the baseline that shows what pre-training brings
   3. make report
 
-Every step is a `make` command a user could type; a step whose output is complete is
-skipped, so a re-run continues where the last one stopped: a run short of the profile's
+Every step runs in this process through the library (data_prep.build.prepare,
+mtdnet.training.train, mtdnet.evaluate, mtdnet.report) and is shown as the `make` command
+a user could type to do the same; a step whose output is complete is skipped, so a re-run continues where the last one stopped: a run short of the profile's
 iterations is resumed, a score older than its run's newest snapshot is made again, and a
 fine-tune whose source model is no longer the source's chosen one restarts (RESTART=1: the
 earlier run is kept aside). The source's models published in
@@ -21,16 +22,16 @@ import dataclasses
 import functools
 import os
 import shlex
-import subprocess
+import sys
 import time
 
+from data_prep.build import prepare
 from data_prep.datasets import default_root
-from mtdnet import caffe_run, models
-from mtdnet.evaluate import SELECT_CANDIDATES
-from mtdnet.report import hours_minutes
-from spec import MtdnetError, Run, datasets, get_profile, variants
+from mtdnet import caffe_run, models, training
+from mtdnet import evaluate as E
+from mtdnet.report import build_report, hours_minutes
+from spec import MtdnetError, Project, Run, datasets, get_profile, variants
 from spec.fsutil import read_json
-from spec.proc import preexec_die_with_parent
 
 # Probes x gallery images of each dataset's paper protocol (for the time estimates only).
 EVAL_PAIRS = {"cuhk03": 500 * 100, "cuhk01": 200 * 100, "viper": 316 * 316, "ilids": 60 * 59,
@@ -44,14 +45,19 @@ FEATURE_EVAL_SECONDS = 30
 @dataclasses.dataclass
 class Step:
     what: str
-    args: list                     # make arguments; a callable is resolved when the step runs
+    args: list                     # the make arguments that do the same; a callable is resolved when shown
     seconds: float                 # expected on this machine
     done: object = None            # () -> True when the step's output is complete (skipped)
     redo: object = None            # () -> why its earlier output must be made anew (RESTART=1), or None
+    act: object = None             # (restart) -> None: the step, run through the library
 
     def command(self, resolve=True):
+        """The equivalent make command (shown in the plan and the log)."""
         words = ["make"] + [(a() if resolve else a.__doc__) if callable(a) else a for a in self.args]
         return words + (["RESTART=1"] if resolve and self.redo and self.redo() else [])
+
+    def run(self):
+        self.act(bool(self.redo and self.redo()))
 
 
 def source_dataset_present():
@@ -157,17 +163,31 @@ def _chosen_path(run):
 
 
 def chosen_model(run):
-    """WEIGHTS for the fine-tuning stages: the source run's snapshot chosen on validation."""
+    """WEIGHTS for the fine-tuning stages: the source run's snapshot chosen on validation
+    (resolved when the step runs)."""
     def resolve():
-        return "WEIGHTS=" + _chosen_path(run)
-    resolve.__doc__ = f"WEIGHTS=<{run.name}'s model chosen on validation>"
+        return _chosen_path(run)
+    resolve.__doc__ = f"<{run.name}'s model chosen on validation>"
     return resolve
+
+
+def _weights_arg(weights):
+    """WEIGHTS=... as shown: a path, or a resolver shown by its description until it runs."""
+    if not callable(weights):
+        return f"WEIGHTS={weights}"
+
+    def shown():
+        return "WEIGHTS=" + weights()
+    shown.__doc__ = "WEIGHTS=" + weights.__doc__
+    return shown
 
 
 def plan(profile, gpu=False, weights=None, project=None):
     """(steps, notes): the stages for the datasets present, in order."""
     prof = get_profile(profile)
+    project = project or Project()
     iter_s = prof.seconds_per_iter
+    bars = sys.stderr.isatty()
     gpu_arg = ["GPU=1"] if gpu else []
     steps, notes = [], []
     src = source_dataset_present()
@@ -178,34 +198,50 @@ def plan(profile, gpu=False, weights=None, project=None):
         notes.append(f"{datasets.source_dataset().title}: no raw data at {default_root(datasets.source_dataset())}: "
                      f"no pre-training; the other datasets train from scratch only")
 
-    def train_eval(run, init_args, select, redo=None):
+    def train_eval(run, weights, select, redo=None):
         # The source's models may be published in the repository (models/): they are not retrained.
         publishable = select
         lr, its = run.solver_settings()
         trained = _trained(run, its, publishable, redo)
+        init_args = [_weights_arg(weights)] if weights else []
+        source = [f"SOURCE={run.source_dataset.name}"] if run.train_variant.source and run.source_dataset else []
+
+        def train(restart, run=run):
+            training.train(run, weights=weights() if callable(weights) else weights, gpu=gpu, restart=restart)
         steps.append(Step(f"{run.dataset.title}: train {run.train_variant.title}"
                           + (f" ({run.tag})" if run.tag else ""),
-                          ["train", *_common(run), f"VARIANT={run.train_variant.key}", *init_args, *gpu_arg],
+                          ["train", *_common(run), f"VARIANT={run.train_variant.key}", *init_args, *source, *gpu_arg],
                           (its if redo and redo() else max(its - _iterations_done(run), 0)) * run.seconds_per_iter,
-                          trained, redo))
+                          trained, redo, train))
         for v in [run.variant] + ([variants.get_variant("trp")] if run.variant.key == "mtdnet" else []):
             r = run.with_variant(v.key)
             secs = FEATURE_EVAL_SECONDS if v.score == "feature" else \
                 EVAL_PAIRS.get(r.dataset.key, 316 * 316) * PAIR_SECONDS_PER_ITER_SECOND * iter_s
             # SELECT scores every snapshot on the validation identities, then the chosen one on test.
-            evals = min(its // prof.snapshot, SELECT_CANDIDATES) + 1 if select else 1
+            evals = min(its // prof.snapshot, E.SELECT_CANDIDATES) + 1 if select else 1
+            ev = E.Evaluation(gpu=gpu)
+
+            def evaluate(restart, r=r, ev=ev):
+                if select:
+                    E.select_snapshot(r, ev, progress=bars)
+                else:
+                    E.evaluate(r, ev, progress=bars)
             steps.append(Step(f"{r.dataset.title}: evaluate {v.title}" + (f" ({run.tag})" if run.tag else ""),
-                              ["eval", *_common(r), f"VARIANT={v.key}"] + (["SELECT=1"] if select else []),
-                              secs * evals, _evaluated(r, trained, run if publishable else None)))
+                              ["eval", *_common(r), f"VARIANT={v.key}"] + (["SELECT=1"] if select else [])
+                              + gpu_arg, secs * evals, _evaluated(r, trained, run if publishable else None),
+                              act=evaluate))
+
+    def data_step(d, seconds):
+        steps.append(Step(f"{d.title}: prepare the data", ["data", f"DATASET={d.name}", f"PROFILE={prof.name}"],
+                          seconds, None, act=lambda restart: prepare(d, prof, "paper", project=project,
+                                                                     progress=bars)))
 
     # Ordered so that the headline numbers come first: the source MTDnet, the targets' MTDnet
     # fine-tuned from it and from scratch, aug and cross; then the single-task variants.
     source_runs = {}
     if src is not None:
-        steps.append(Step(f"{src.title}: prepare the data", ["data", f"DATASET={src.name}", f"PROFILE={prof.name}"],
-                          60, None))
+        data_step(src, 60)
         source_runs = {v: Run.create(src, v, prof, project=project) for v in ("mtdnet", "cls", "rnk")}
-    init = [f"WEIGHTS={weights}"] if weights else []
     fine_tuned = {}
     for d in present:
         fine_tuned[d.name] = {v: Run.create(d, v, prof, project=project, tag=src.name, source_dataset=src)
@@ -214,28 +250,28 @@ def plan(profile, gpu=False, weights=None, project=None):
     def fine_tune(run):
         # Each variant from the source's model of its own kind; aug and cross from MTDnet's.
         base = source_runs.get(run.variant.key, source_runs["mtdnet"])
-        source = [f"SOURCE={src.name}"] if run.train_variant.source else []
-        redo = _source_changed(run, base)
-        train_eval(run, [chosen_model(base)] + source, select=False, redo=redo)
+        train_eval(run, chosen_model(base), select=False, redo=_source_changed(run, base))
 
     if src is not None:
-        train_eval(source_runs["mtdnet"], init, select=True)
+        train_eval(source_runs["mtdnet"], weights, select=True)
     for d in present:
-        steps.append(Step(f"{d.title}: prepare the data", ["data", f"DATASET={d.name}", f"PROFILE={prof.name}"],
-                          30, None))
+        data_step(d, 30)
         if src is not None:
             fine_tune(fine_tuned[d.name]["mtdnet"])
-        train_eval(Run.create(d, "mtdnet", prof, project=project), [], select=False)
+        train_eval(Run.create(d, "mtdnet", prof, project=project), None, select=False)
     for d in present if src is not None else []:
         for v in ("aug", "cross"):
             fine_tune(fine_tuned[d.name][v])
     if src is not None:
         for v in ("cls", "rnk"):
-            train_eval(source_runs[v], init, select=True)
+            train_eval(source_runs[v], weights, select=True)
     for d in present if src is not None else []:
         for v in ("cls", "rnk"):
             fine_tune(fine_tuned[d.name][v])
-    steps.append(Step("Table 1: the report", ["report"], 10, None))
+    def report(restart):
+        _, written = build_report(project.runs_dir)
+        print("wrote " + ", ".join(project.rel(p) for p in written))
+    steps.append(Step("Table 1: the report", ["report"], 10, None, act=report))
     return steps, notes
 
 
@@ -253,8 +289,8 @@ def describe(steps, notes):
     return "\n".join(lines)
 
 
-def run_plan(steps, notes, log=print, cwd=None):
-    """Run every step not yet done, in order; a failing step stops the plan (exit status)."""
+def run_plan(steps, notes, log=print):
+    """Run every step not yet done, in order, in this process; a failing step stops the plan."""
     for n in notes:
         log(f"note: {n}")
     for k, s in enumerate(steps, 1):
@@ -264,8 +300,9 @@ def run_plan(steps, notes, log=print, cwd=None):
         words = s.command()
         log(f"[{k}/{len(steps)}] {s.what} (~{hours_minutes(s.seconds)}): {' '.join(shlex.quote(w) for w in words)}")
         t0 = time.time()
-        rc = subprocess.call(words, cwd=cwd, preexec_fn=preexec_die_with_parent())
-        if rc != 0:
-            raise MtdnetError(f"step {k} ({s.what}) failed (exit {rc}); fix it and run `make table1` again: "
-                              "finished steps are kept and skipped")
+        try:
+            s.run()
+        except MtdnetError as e:
+            raise MtdnetError(f"step {k} ({s.what}) failed: {e}\nFix it and run `make table1` again: finished "
+                              "steps are kept and skipped") from None
         log(f"[{k}/{len(steps)}] {s.what}: {hours_minutes(time.time() - t0)}")

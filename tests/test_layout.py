@@ -80,3 +80,19 @@ def test_tools_are_thin():
         body = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
         lines = sum(n.end_lineno - n.lineno + 1 for n in body)
         assert lines <= 80, f"{path}: {lines} lines of functions; move the logic into a package"
+
+
+LIBRARY = ("spec", "data_prep", "layers", "prototxt", "mtdnet")
+
+
+@pytest.mark.parametrize("package", LIBRARY)
+def test_the_library_never_runs_our_make_or_tools(package):
+    """The library is called by the tools and the Makefile, never the other way round: a module
+    that starts processes names neither `make` nor a `tools/` script as a command word."""
+    for path, tree in modules(package):
+        if not any(module == "subprocess" for node in ast.walk(tree) if isinstance(node, ast.Import)
+                   for module in (a.name for a in node.names)):
+            continue
+        words = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                 and (n.value == "make" or n.value.startswith("tools/"))]
+        assert not words, f"{path}:{words[0].lineno}: runs {words[0].value!r} (call the library instead)"

@@ -77,13 +77,13 @@ def test_runs_the_source_stage_and_resumes(shared):
     prof = get_profile("tiny", ["max_iter_cuhk03=20", "snapshot=10"])
     steps, notes = table1.plan(prof)
     done_before = [s.done() for s in steps[1:4]]
-    table1.run_plan(steps[:4], notes, log=lambda *a: None, cwd=REPO_ROOT)
+    table1.run_plan(steps[:4], notes, log=lambda *a: None)
     assert done_before == [False, False, False] and all(s.done() for s in steps[1:4])
     run = Run.create("cuhk03detected", "mtdnet", prof)
     assert os.path.isfile(run.selection) and os.path.isfile(run.with_variant("trp").result("paper"))
     # A second run skips what is done.
     logs = []
-    table1.run_plan(steps[:4], notes, log=logs.append, cwd=REPO_ROOT)
+    table1.run_plan(steps[:4], notes, log=logs.append)
     assert sum("done, skipped" in x for x in logs) == 3
     # Published into models/ (checked by sha256), it stands for the run: no retraining.
     chosen = os.path.basename(models.chosen(run))

@@ -17,7 +17,7 @@ from mtdnet.cli import add_flag, cli_main  # noqa: E402
 
 def main(argv=None):
     from mtdnet import table1
-    from spec import PROFILES, REPO_ROOT
+    from spec import PROFILES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="scratch", help=f"one of {', '.join(PROFILES)} (default scratch)")
     add_flag(ap, "--gpu", help="train and score on the GPU (a CUDA build)")
@@ -28,7 +28,7 @@ def main(argv=None):
     if a.dry_run:
         print(table1.describe(steps, notes))
         return 0
-    table1.run_plan(steps, notes, cwd=REPO_ROOT)
+    table1.run_plan(steps, notes)
     return 0
 
 
