@@ -1,7 +1,8 @@
 """Writes the nets and solvers of the reproduction (`make prototxt`).
 
 Committed, for running by hand with `caffe train -solver ...` (the `paper`
-profile and the CPU profile the README recommends, COMMITTED):
+profile and the CPU profile the README recommends, COMMITTED; Table 1's datasets,
+COMMITTED_DATASETS):
 
   prototxt/<profile>/<dataset>_<variant>_train.prototxt   every variant with a train net
   prototxt/<profile>/pair_score.prototxt     deploy: data_1, data_2 -> prob (MTDnet, -cls, -aug, -cross)
@@ -10,7 +11,8 @@ profile and the CPU profile the README recommends, COMMITTED):
   solvers/<profile>/<dataset>_<variant>_solver.prototxt
       snapshots: runs/<run name>/snapshots/<dataset>_<variant>_iter_<k>.caffemodel
 
-Other profiles (and overridden settings) are generated on demand: `make train`
+Other profiles, datasets (the synthetic set, cuhk03detected, cuhk01half: --dataset)
+and overridden settings are generated on demand: `make train`
 writes the run's own train.prototxt and solver.prototxt into runs/<run>/, and
 evaluation writes the deploy net it scores with. MTDnet-trp has no files of its
 own: it ranks MTDnet's model with feature.prototxt. The source dataset (CUHK03)
@@ -28,8 +30,12 @@ from spec.fsutil import atomic_dir, atomic_write_text, require_replaceable
 from spec.profiles import CPU_DEFAULT, INT32_MAX, PROFILES
 from prototxt import nets
 
-# Profiles whose generated files are committed (what users run by hand).
+# Profiles whose generated files are committed (what users run by hand), for Table 1's
+# datasets with their default options; the others (the synthetic set, cuhk03detected,
+# cuhk01half, other profiles) are generated on demand (`make train` writes its own;
+# `python tools/generate_prototxt.py --dataset cuhk03detected` writes them here).
 COMMITTED = ("paper", CPU_DEFAULT)
+COMMITTED_DATASETS = tuple(datasets.table1_datasets())
 DEPLOY_NETS = {"pair_score": nets.pair_score_net, "feature": nets.feature_net,
                "rnk_feature": nets.rnk_feature_net}
 DEPLOY_WHAT = dict(pair_score="pair scoring: data_1, data_2 -> prob[:, 1] = P(same person)",
@@ -140,11 +146,12 @@ def deploy_path(profile, kind):
 
 
 def runs_for(profile, dataset_names=None, variant_names=None, split="paper", source_split="paper",
-             project=None):
-    """The Runs whose train nets and solvers a selection stands for (None = all); a
-    combination named explicitly that cannot exist is an error, else it is skipped."""
+             project=None, default_datasets=None):
+    """The Runs whose train nets and solvers a selection stands for (None = all, or
+    default_datasets); a combination named explicitly that cannot exist is an error, else
+    it is skipped."""
     explicit = dataset_names is not None and variant_names is not None
-    dataset_names = [datasets.get_dataset(d).name for d in dataset_names or datasets.names()]
+    dataset_names = [datasets.get_dataset(d).name for d in dataset_names or default_datasets or datasets.names()]
     variant_names = [variants.get_variant(v).key for v in variant_names or
                      [x.key for x in variants.trained_variants()]]
     out = []
@@ -162,7 +169,7 @@ def runs_for(profile, dataset_names=None, variant_names=None, split="paper", sou
 
 
 def render(profiles=None, dataset_names=None, variant_names=None, split="paper", source_split="paper",
-           gpu=False, batch=None, project=None):
+           gpu=False, batch=None, project=None, default_datasets=None):
     """{project-relative path: text} for the selection (None: the committed profiles; every
     dataset and variant)."""
     profiles = [get_profile(p) for p in (profiles or COMMITTED)]
@@ -171,7 +178,7 @@ def render(profiles=None, dataset_names=None, variant_names=None, split="paper",
     for prof in profiles:
         for kind in DEPLOY_NETS:
             out[deploy_path(prof, kind)] = deploy_text(kind, prof)
-        for run in runs_for(prof, dataset_names, variant_names, split, source_split, project):
+        for run in runs_for(prof, dataset_names, variant_names, split, source_split, project, default_datasets):
             if run.generated_net not in out:
                 out[run.generated_net] = train_net_text(run, batch)
                 out[run.generated_solver] = solver_text(run, gpu)
@@ -245,7 +252,7 @@ def compare(files, root, profiles):
 def committed_problems(root=REPO_ROOT):
     """What differs between the committed generated files and the generator (empty = current),
     plus generated folders of profiles that are not committed."""
-    problems = compare(render(), root, COMMITTED)
+    problems = compare(render(default_datasets=COMMITTED_DATASETS), root, COMMITTED)
     for top in ("prototxt", "solvers"):
         for name in sorted(os.listdir(os.path.join(root, top))):
             if os.path.isdir(os.path.join(root, top, name)) and name not in COMMITTED \
@@ -258,8 +265,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="generate_prototxt.py",
         description="Generate the train nets, deploy nets and solvers of MTDnet and its variants "
-                    f"(default: the committed profiles {', '.join(COMMITTED)}, every dataset and variant, "
-                    "into the repository).",
+                    f"(default: the committed profiles {', '.join(COMMITTED)} and datasets "
+                    f"{', '.join(COMMITTED_DATASETS)}, every variant, into the repository).",
         epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", action="append", help=f"one of {', '.join(PROFILES)} (repeatable)")
     ap.add_argument("--dataset", action="append", help=f"one of {', '.join(datasets.names())} (repeatable)")
@@ -275,7 +282,9 @@ def main(argv=None):
                     help="write nothing; exit 1 if the files under --out differ from what would be generated")
     a = ap.parse_args(argv)
     project = Project(data_dir=os.path.join(REPO_ROOT, a.data_dir))
-    files = render(a.profile, a.dataset, a.variant, a.split, a.source_split, a.gpu, a.batch, project)
+    committed = not a.profile or set(a.profile) <= set(COMMITTED)
+    files = render(a.profile, a.dataset, a.variant, a.split, a.source_split, a.gpu, a.batch, project,
+                   default_datasets=COMMITTED_DATASETS if committed else None)
     profiles = a.profile or list(COMMITTED)
     whole = profiles if not (a.dataset or a.variant) else []
     if a.check:
