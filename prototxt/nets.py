@@ -25,7 +25,7 @@ the same for every profile; widths, input size, margins and batch come from the
 profile; weight filler stds are the authors' at the paper profile and scaled
 with the fan-in elsewhere (weight_std).
 """
-import importlib
+import dataclasses
 import json
 
 import caffe
@@ -362,18 +362,23 @@ def cross_net(profile, batch, seed, target, source=None):
 
 
 def train_net(variant, profile, batch, target, source=None, seed=None):
-    """The NetSpec of `variant`'s train net (a spec.Variant), through its registered builder."""
+    """The NetSpec of `variant`'s train net (a spec.Variant), through its builder in TRAIN_NETS."""
     _check(profile)
     if batch < variant.min_batch:
         raise MtdnetError(f"variant '{variant.key}' needs at least {variant.min_batch} triplets per batch, "
                           f"got {batch}")
-    module, _, func = variant.net.partition(":")
     try:
-        build = getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError) as e:
-        raise MtdnetError(f"variant '{variant.key}': its net builder {variant.net} cannot be loaded ({e})") \
-            from None
+        build = TRAIN_NETS[variant.net]
+    except KeyError:
+        raise MtdnetError(f"variant '{variant.key}': no train-net builder '{variant.net}'; valid: "
+                          f"{', '.join(TRAIN_NETS)} (register one with register_train_net)") from None
     return build(profile, batch, profile.seed if seed is None else seed, target, source)
+
+
+def register_train_net(key, build):
+    """A train-net builder f(profile, batch, seed, target, source=None) -> NetSpec that a
+    Variant names by `net=key`."""
+    TRAIN_NETS[key] = build
 
 
 def _inputs(n, names, profile, batch=1):
@@ -414,3 +419,22 @@ def rnk_feature_net(profile):
     l2_normalize(n, fc8, "feature")
     return n
 
+
+
+# The one table of builders a Variant names (spec/variants.py: `net=`, `deploy=`).
+# Train nets: f(profile, batch, seed, target, source=None) -> NetSpec; target / source are
+# DataSpecs (the source for aug and cross).
+TRAIN_NETS = {"mtdnet": mtdnet_net, "cls": cls_net, "rnk": rnk_net, "cross": cross_net}
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployNet:
+    build: object            # f(profile) -> NetSpec
+    what: str                # its inputs and outputs, for the file's header
+
+
+DEPLOY_NETS = {
+    "pair_score": DeployNet(pair_score_net, "pair scoring: data_1, data_2 -> prob[:, 1] = P(same person)"),
+    "feature": DeployNet(feature_net, "MTDnet-trp ranking feature: data -> feature (L2-normalised feat)"),
+    "rnk_feature": DeployNet(rnk_feature_net, "MTDnet-rnk ranking feature: data -> feature (L2-normalised fc8_rnk)"),
+}

@@ -1,12 +1,14 @@
 """The variant registry: MTDnet and its Table 1 variants, each defined once.
 
-An entry says which train net builds it (an importable "module:function" in
-prototxt/nets.py, called as f(n, data, profile, batch, seed, source_data)), which
-model it is scored with (its own, or another variant's: MTDnet-trp ranks the
-MTDnet model), how it scores pairs, whether it reads the cross-domain source
-data, how it is initialised, and its row of the paper's Table 1.
+An entry says which train net builds it (`net`: a key of prototxt.nets.TRAIN_NETS, whose
+builders are called as f(profile, batch, seed, target, source=None)) and which deploy net
+scores it (`deploy`: a key of prototxt.nets.DEPLOY_NETS), which model it is scored with
+(its own, or another variant's: MTDnet-trp ranks the MTDnet model), how it scores
+pairs, whether it reads the cross-domain source data, how it is initialised, and its row
+of the paper's Table 1.
 
-Adding a variant = its net builder + one `register(Variant(...))` here.
+Adding a variant = its net builder in prototxt/nets.py's TRAIN_NETS (or
+nets.register_train_net) + one `register(Variant(...))` here.
 """
 import dataclasses
 
@@ -34,8 +36,8 @@ class Variant:
     table_type: str          # Table 1's "Type" column
     table1: int              # its row in Table 1 (1 = first)
     score: str               # "pair" or "feature" (SCORE_KINDS)
-    deploy: str              # the deploy net it is scored with (prototxt.generate.DEPLOY_NETS)
-    net: str = ""            # "module:function" building its train net; '' = scored with `trains`'s model
+    deploy: str              # the deploy net it is scored with (a key of prototxt.nets.DEPLOY_NETS)
+    net: str = ""            # its train-net builder (a key of prototxt.nets.TRAIN_NETS); '' = scored with `trains`'s model
     trains: str = ""         # the variant whose run (model) it uses; '' = its own
     source: str = None       # SOURCE_USES: None, "mixed" (one data layer) or "separate" (a second stream)
     init: str = "finetune"   # INIT_RULES
@@ -114,19 +116,19 @@ def table1_rows():
 
 
 for _v in (
-    Variant("mtdnet", "MTDnet", "Cls+Rnk", 4, "pair", "pair_score", net="prototxt.nets:mtdnet_net",
+    Variant("mtdnet", "MTDnet", "Cls+Rnk", 4, "pair", "pair_score", net="mtdnet",
             paper=(("cuhk03", (74.68, 95.99, 97.47)), ("cuhk01", (77.50, 95.00, 97.50)),
                    ("viper", (45.89, 71.84, 83.23)), ("ilids", (57.80, 78.61, 87.28)),
                    ("prid2011", (32.00, 51.00, 62.00)))),
     # MTDnet with the triplet loss weight 0.
-    Variant("cls", "MTDnet-cls", "Cls", 2, "pair", "pair_score", net="prototxt.nets:cls_net",
+    Variant("cls", "MTDnet-cls", "Cls", 2, "pair", "pair_score", net="cls",
             paper=(("cuhk03", (68.35, 93.46, 97.47)), ("cuhk01", (76.50, 94.00, 97.00)),
                    ("viper", (44.30, 69.94, 81.96)), ("ilids", (54.34, 73.41, 86.13)),
                    ("prid2011", (28.00, 50.00, 60.00)))),
     # A three-stream AlexNet with the triplet loss only, initialised from the whole ImageNet model
     # below fc8 (Nets/MTDnet-rnk/train_finetune_cuhk03.sh:4); its PRID2011 solver keeps lr 1e-3
     # (solver_PRID.prototxt:4), its VIPeR solver 200000 iterations (solver_VIPeR.prototxt:8).
-    Variant("rnk", "MTDnet-rnk", "Rnk", 1, "feature", "rnk_feature", net="prototxt.nets:rnk_net",
+    Variant("rnk", "MTDnet-rnk", "Rnk", 1, "feature", "rnk_feature", net="rnk",
             imagenet_layers=("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"), relative_cost=1.2,
             solver_exceptions=(("prid2011", (("lr_scale", 1.0),)), ("viper", (("long_schedule", True),))),
             paper=(("cuhk03", (60.13, 90.51, 95.15)), ("cuhk01", (63.50, 80.00, 89.50)),
@@ -138,13 +140,13 @@ for _v in (
                    ("viper", (34.81, 60.13, 72.78)), ("ilids", (46.82, 72.83, 81.50)),
                    ("prid2011", (26.00, 49.00, 57.00)))),
     # MTDnet on the target's and CUHK03's triplets together.
-    Variant("aug", "MTDnet-aug", "Cls+Rnk", 5, "pair", "pair_score", net="prototxt.nets:mtdnet_net",
+    Variant("aug", "MTDnet-aug", "Cls+Rnk", 5, "pair", "pair_score", net="mtdnet",
             source="mixed", relative_cost=1.4,
             paper=(("cuhk01", (75.50, 93.50, 97.00)), ("viper", (43.35, 70.25, 78.48)),
                    ("ilids", (54.91, 74.57, 84.97)), ("prid2011", (27.00, 46.00, 59.00)))),
     # Target copy + frozen CUHK03 copy with a contrastive loss between their fc7.
     # With one triplet both pair orders coincide and the XNOR label is constant.
-    Variant("cross", "MTDnet-cross", "Cls+Rnk", 6, "pair", "pair_score", net="prototxt.nets:cross_net",
+    Variant("cross", "MTDnet-cross", "Cls+Rnk", 6, "pair", "pair_score", net="cross",
             source="separate", init="two_copies", min_batch=2, relative_cost=1.8,
             paper=(("cuhk01", (78.50, 96.50, 97.50)), ("viper", (47.47, 73.10, 82.59)),
                    ("ilids", (58.38, 80.35, 87.28)), ("prid2011", (31.00, 54.00, 61.00)))),

@@ -95,7 +95,7 @@ def test_committed_files_equal_a_fresh_generation(tmp_path):
                       for prof in generate.COMMITTED for top in ("prototxt", "solvers"))
     assert n_committed <= 100
     assert sorted(os.listdir(tmp_path / "prototxt" / "paper")) == sorted(
-        [f"{d}_{v}_train.prototxt" for d, v in pairs] + [f"{k}.prototxt" for k in generate.DEPLOY_NETS])
+        [f"{d}_{v}_train.prototxt" for d, v in pairs] + [f"{k}.prototxt" for k in nets.DEPLOY_NETS])
     assert sorted(os.listdir(tmp_path / "solvers" / "paper")) == sorted(f"{d}_{v}_solver.prototxt" for d, v in pairs)
     assert generate_cli("--check").returncode == 0
     # Other profiles are generated on demand, not committed.
@@ -168,7 +168,7 @@ def test_committed_nets_parse_and_use_only_bvlc_layers():
         assert len(names) == len(set(names)), f"{path}: duplicate layer names"
         count += 1
     assert count == sum(len({(d, v) for d, v in expected_train_nets(p) if d in generate.COMMITTED_DATASETS})
-                        + len(generate.DEPLOY_NETS) for p in generate.COMMITTED)
+                        + len(nets.DEPLOY_NETS) for p in generate.COMMITTED)
 
 
 def test_committed_solvers():

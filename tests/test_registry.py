@@ -14,7 +14,7 @@ import pytest
 
 from data_prep.build import SplitOptions, prepare
 from mtdnet import evaluate, report, training
-from prototxt import generate
+from prototxt import generate, nets
 from spec import (PROFILES, REPO_ROOT, DatasetSpec, DataSpec, MtdnetError, Project, Run, Split, Variant,
                   datasets, get_dataset, get_profile, variants)
 from tests import fixtures as F
@@ -119,7 +119,7 @@ def test_run_paths_come_from_one_place(tmp_path):
 
 def test_every_variant_is_complete():
     for v in variants.REGISTRY.values():
-        assert v.deploy in generate.DEPLOY_NETS, v.key
+        assert v.deploy in nets.DEPLOY_NETS and (not v.net or v.net in nets.TRAIN_NETS), v.key
         assert v.table1 and v.title and v.table_type
         if v.net:
             generate.train_net_text(Run.create("synthetic" if not v.source else "viper", v.key, "tiny"))
@@ -137,11 +137,12 @@ def test_every_variant_is_complete():
 @pytest.fixture
 def toy():
     datasets.register(DatasetSpec("toy", "Toy", "tests.toy_registry"))
-    variants.register(Variant("half", "MTDnet-half", "Cls+Rnk", 7, "pair", "pair_score",
-                              net="tests.toy_registry:half_net"))
+    nets.register_train_net("half", toy_registry.half_net)
+    variants.register(Variant("half", "MTDnet-half", "Cls+Rnk", 7, "pair", "pair_score", net="half"))
     yield
     datasets.unregister("toy")
     variants.unregister("half")
+    nets.TRAIN_NETS.pop("half")
 
 
 def test_toy_dataset_and_variant_end_to_end(toy, tmp_project, quiet_log):
