@@ -40,6 +40,9 @@ EVAL_PAIRS = {"cuhk03": 500 * 100, "cuhk01": 200 * 100, "viper": 316 * 316, "ili
 # profile: measured on VIPeR at `scratch` (316 x 316 pairs in ~10 min at ~1.1 s per iteration).
 PAIR_SECONDS_PER_ITER_SECOND = 600 / (316 * 316) / 1.1
 FEATURE_EVAL_SECONDS = 30
+# The variant whose source model the cross-domain variants start from (and whose numbers head
+# each dataset's plan).
+PRINCIPAL = "mtdnet"
 
 
 @dataclasses.dataclass
@@ -213,7 +216,9 @@ def plan(profile, gpu=False, weights=None, project=None):
                           ["train", *_common(run), f"VARIANT={run.train_variant.key}", *init_args, *source, *gpu_arg],
                           (its if redo and redo() else max(its - _iterations_done(run), 0)) * run.seconds_per_iter,
                           trained, redo, train))
-        for v in [run.variant] + ([variants.get_variant("trp")] if run.variant.key == "mtdnet" else []):
+        # Every variant scored with this training's model (MTDnet's: MTDnet, -trp).
+        for v in [run.variant] + [x for x in variants.REGISTRY.values()
+                                  if x.trains == run.variant.key and x.key != run.variant.key]:
             r = run.with_variant(v.key)
             secs = FEATURE_EVAL_SECONDS if v.score == "feature" else \
                 EVAL_PAIRS.get(r.dataset.key, 316 * 316) * PAIR_SECONDS_PER_ITER_SECOND * iter_s
@@ -236,38 +241,44 @@ def plan(profile, gpu=False, weights=None, project=None):
                           seconds, None, act=lambda restart: prepare(d, prof, "paper", project=project,
                                                                      progress=bars)))
 
-    # Ordered so that the headline numbers come first: the source MTDnet, the targets' MTDnet
-    # fine-tuned from it and from scratch, aug and cross; then the single-task variants.
+    # The stages come from the variant registry: MTDnet (the principal variant) on the source,
+    # then fine-tuned on each target and from scratch there (the headline numbers first); the
+    # variants reading the source (aug, cross) fine-tuned from the source's MTDnet; every other
+    # trained variant (cls, rnk, one registered later) trained on the source and fine-tuned from
+    # its own source model.
+    principal = variants.get_variant(PRINCIPAL)
+    cross_domain = [v for v in variants.trained_variants() if v.source]
+    single = [v for v in variants.trained_variants() if not v.source and v.key != principal.key]
     source_runs = {}
     if src is not None:
         data_step(src, 60)
-        source_runs = {v: Run.create(src, v, prof, project=project) for v in ("mtdnet", "cls", "rnk")}
+        source_runs = {v.key: Run.create(src, v, prof, project=project) for v in [principal] + single}
     fine_tuned = {}
     for d in present:
-        fine_tuned[d.name] = {v: Run.create(d, v, prof, project=project, tag=src.name, source_dataset=src)
-                              for v in ("mtdnet", "cls", "rnk", "aug", "cross")} if src is not None else {}
+        fine_tuned[d.name] = {v.key: Run.create(d, v, prof, project=project, tag=src.name, source_dataset=src)
+                              for v in variants.trained_variants()} if src is not None else {}
 
     def fine_tune(run):
         # Each variant from the source's model of its own kind; aug and cross from MTDnet's.
-        base = source_runs.get(run.variant.key, source_runs["mtdnet"])
+        base = source_runs.get(run.variant.key, source_runs[principal.key])
         train_eval(run, chosen_model(base), select=False, redo=_source_changed(run, base))
 
     if src is not None:
-        train_eval(source_runs["mtdnet"], weights, select=True)
+        train_eval(source_runs[principal.key], weights, select=True)
     for d in present:
         data_step(d, 30)
         if src is not None:
-            fine_tune(fine_tuned[d.name]["mtdnet"])
-        train_eval(Run.create(d, "mtdnet", prof, project=project), None, select=False)
+            fine_tune(fine_tuned[d.name][principal.key])
+        train_eval(Run.create(d, principal, prof, project=project), None, select=False)
     for d in present if src is not None else []:
-        for v in ("aug", "cross"):
+        for v in (v.key for v in cross_domain):
             fine_tune(fine_tuned[d.name][v])
     if src is not None:
-        for v in ("cls", "rnk"):
-            train_eval(source_runs[v], weights, select=True)
+        for v in single:
+            train_eval(source_runs[v.key], weights, select=True)
     for d in present if src is not None else []:
-        for v in ("cls", "rnk"):
-            fine_tune(fine_tuned[d.name][v])
+        for v in single:
+            fine_tune(fine_tuned[d.name][v.key])
     def report(restart):
         _, written = build_report(project.runs_dir)
         print("wrote " + ", ".join(project.rel(p) for p in written))

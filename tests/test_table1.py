@@ -174,3 +174,20 @@ def test_an_evaluation_is_redone_after_its_run_trains_on(shared):
     assert train.done() and evaluate.done()
     _write(f"{run.snapshot_prefix}_iter_{its + 500}.caffemodel", "w")
     assert not evaluate.done()
+
+
+def test_a_variant_registered_once_is_in_the_plan(shared):
+    from prototxt import nets
+    from tests import toy_registry
+    F.write_cuhk01(str(shared / "datasets" / "CUHK01"), [1, 2])
+    nets.register_train_net("half", toy_registry.half_net)
+    variants.register(variants.Variant("half", "MTDnet-half", "Cls+Rnk", 7, "pair", "pair_score", net="half"))
+    try:
+        what = [s.what for s in table1.plan("scratch")[0]]
+    finally:
+        variants.unregister("half")
+        nets.TRAIN_NETS.pop("half")
+    for step in ("CUHK03 (detected): train MTDnet-half", "CUHK03 (detected): evaluate MTDnet-half",
+                 "CUHK01: train MTDnet-half (cuhk03detected)", "CUHK01: evaluate MTDnet-half (cuhk03detected)"):
+        assert step in what, step
+    assert what.index("CUHK03 (detected): train MTDnet-half") > what.index("CUHK01: train MTDnet-cross (cuhk03detected)")
