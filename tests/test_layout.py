@@ -96,3 +96,24 @@ def test_the_library_never_runs_our_make_or_tools(package):
         words = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
                  and (n.value == "make" or n.value.startswith("tools/"))]
         assert not words, f"{path}:{words[0].lineno}: runs {words[0].value!r} (call the library instead)"
+
+
+@pytest.mark.parametrize("cls", ["spec.datasets:DatasetSpec", "spec.variants:Variant", "spec.profiles:Profile"])
+def test_every_registry_field_is_read_by_some_code(cls):
+    """A field of a registry entry that no production code reads is a setting that does nothing."""
+    import dataclasses
+    import importlib
+    module, _, name = cls.partition(":")
+    fields = [f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))]
+    reads = set()
+    for package in LIBRARY + ("tools",):
+        for _, tree in modules(package):
+            reads |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+            # getattr(obj, "field"), and d["field"] of its dataclasses.asdict
+            reads |= {n.args[1].value for n in ast.walk(tree) if isinstance(n, ast.Call)
+                      and isinstance(n.func, ast.Name) and n.func.id == "getattr" and len(n.args) > 1
+                      and isinstance(n.args[1], ast.Constant)}
+            reads |= {n.slice.value for n in ast.walk(tree) if isinstance(n, ast.Subscript)
+                      and isinstance(n.slice, ast.Constant) and isinstance(n.slice.value, str)}
+    unread = [f for f in fields if f not in reads]
+    assert not unread, f"{cls}: no code reads {unread}"
