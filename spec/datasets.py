@@ -143,7 +143,7 @@ for _spec in (
     DatasetSpec("cuhk03", "CUHK03", "data_prep.datasets.cuhk03", "CUHK03",
                 options=(("images", ("labeled", "detected")),), table1=1, long_schedule=True,
                 source=True, feature_gallery="all"),
-    DatasetSpec("ilids", "iLIDS", "data_prep.datasets.ilids", "i-LIDS", table1=4),
+    DatasetSpec("ilids", "i-LIDS", "data_prep.datasets.ilids", "i-LIDS", table1=4),
     DatasetSpec("prid2011", "PRID2011", "data_prep.datasets.prid2011", "PRID2011", table1=5,
                 lr_scale=0.1, negatives="every_other"),
 ):

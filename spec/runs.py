@@ -323,9 +323,3 @@ class Run:
         if self.tag:
             words.append(f"TAG={self.tag}")
         return words
-
-
-def deploy_net_path(profile, kind):
-    """prototxt/<profile>/<kind>.prototxt (project-relative)."""
-    return f"prototxt/{profile.name}/{kind}.prototxt"
-

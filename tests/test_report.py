@@ -49,7 +49,7 @@ def test_table_layout_paper_rows_and_ours():
     lines = md.splitlines()
     head = lines[0]
     assert head.startswith("| Method | Type | Source | CUHK03 r=1 | r=5 | r=10 | CUHK01 r=1")
-    assert head.index("VIPeR") < head.index("iLIDS") < head.index("PRID2011") < head.index("synthetic")
+    assert head.index("VIPeR") < head.index("i-LIDS") < head.index("PRID2011") < head.index("synthetic")
     n_cols = head.count("|")
     assert all(l.count("|") == n_cols for l in lines[:lines.index("")])
     rows = [l for l in lines if l.startswith("| MTDnet |")]

@@ -30,7 +30,7 @@ def shared(tmp_path, monkeypatch):
 
 def test_plan_orders_the_stages_and_names_what_is_absent(shared):
     steps, notes = table1.plan("scratch")
-    assert [n.split(":")[0] for n in notes] == ["CUHK01", "VIPeR", "iLIDS", "PRID2011"]
+    assert [n.split(":")[0] for n in notes] == ["CUHK01", "VIPeR", "i-LIDS", "PRID2011"]
     what = [s.what for s in steps]
     assert what[:4] == ["CUHK03 (detected): prepare the data", "CUHK03 (detected): train MTDnet",
                         "CUHK03 (detected): evaluate MTDnet", "CUHK03 (detected): evaluate MTDnet-trp"]
