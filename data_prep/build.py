@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from spec import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
 from spec.fsutil import atomic_dir, atomic_write_json, free_bytes, read_json
+from spec.runs import DATA_FILES
 from spec.profiles import check_seed
 from spec.locks import exclusive
 from data_prep import imagedb, splitting
@@ -40,8 +41,7 @@ from data_prep.triplets import make_triplets
 DATA_VERSION = 2   # bump when the output of the same inputs changes: forces rebuilds
 MIRRORING = ("not stored: the training data layer mirrors each image horizontally at random "
              "(p = 0.5, independently per image of a triplet), the paper's fourfold enlargement")
-FILES = ("images.lmdb/data.mdb", "train_triplets.npy", "mix_triplets.npy", "images.json", "split.json",
-         "manifest.json")
+FILES = tuple(DATA_FILES.all())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _up_to_date(out, key):
     if not all(os.path.exists(os.path.join(out, f)) for f in FILES):
         return None
     try:
-        m = read_json(os.path.join(out, "manifest.json"))
+        m = read_json(os.path.join(out, DATA_FILES.manifest))
     except MtdnetError:
         return None
     return m if m.get("key") == key else None
@@ -89,12 +89,12 @@ def _shared_lmdb(data, lmdb_key):
     out = data.dir
     prefix = data.name[:-len(data.split.name)]
     for m in sorted(glob.glob(os.path.join(glob.escape(os.path.dirname(out)), glob.escape(prefix) + "*",
-                                           "manifest.json"))):
+                                           DATA_FILES.manifest))):
         if os.path.dirname(m) == out:
             continue
         try:
             if read_json(m).get("lmdb_key") == lmdb_key:
-                data = os.path.join(os.path.dirname(m), "images.lmdb", "data.mdb")
+                data = os.path.join(os.path.dirname(m), DATA_FILES.lmdb, "data.mdb")
                 if os.path.isfile(data):
                     return data
         except MtdnetError:
@@ -105,7 +105,7 @@ def _shared_lmdb(data, lmdb_key):
 def made_here(out):
     """Whether `out` is a prepared-data folder written by this module (its manifest.json)."""
     try:
-        m = read_json(os.path.join(out, "manifest.json"))
+        m = read_json(os.path.join(out, DATA_FILES.manifest))
     except MtdnetError:
         return False
     return isinstance(m, dict) and "key" in m and "data_version" in m
@@ -117,7 +117,7 @@ def outdated(out):
     missing = [f for f in FILES if not os.path.isfile(os.path.join(out, f))]
     if missing:
         return f"{', '.join(missing)} missing"
-    version = read_json(os.path.join(out, "manifest.json")).get("data_version")
+    version = read_json(os.path.join(out, DATA_FILES.manifest)).get("data_version")
     if version != DATA_VERSION:
         return f"prepared by an older version of make data (data version {version}, now {DATA_VERSION})"
     return None
@@ -175,7 +175,7 @@ def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_siz
     _check_room(out, images, prof.input_size, share and _shared_lmdb(data, lmdb_key))
     try:
         with atomic_dir(out, guard(out)) as tmp:
-            lmdb_dir = os.path.join(tmp, "images.lmdb")
+            lmdb_dir = os.path.join(tmp, DATA_FILES.lmdb)
             shared, rate, lmdb_written = share and _shared_lmdb(data, lmdb_key), None, 0
             if shared:
                 try:
@@ -187,15 +187,15 @@ def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_siz
                     shared = None
             if not shared:
                 n, lmdb_bytes, secs = _write_lmdb(lmdb_dir, recs, images, prof.input_size,
-                                                  tag, progress, map_size, os.path.join(out, "images.lmdb"))
+                                                  tag, progress, map_size, os.path.join(out, DATA_FILES.lmdb))
                 rate, lmdb_written = n / max(secs, 1e-9), lmdb_bytes
-            np.save(os.path.join(tmp, "train_triplets.npy"), triplets)
-            np.save(os.path.join(tmp, "mix_triplets.npy"), mix)
-            atomic_write_json(os.path.join(tmp, "images.json"), images)
-            atomic_write_json(os.path.join(tmp, "split.json"), split)
+            np.save(os.path.join(tmp, DATA_FILES.triplets), triplets)
+            np.save(os.path.join(tmp, DATA_FILES.mix), mix)
+            atomic_write_json(os.path.join(tmp, DATA_FILES.images), images)
+            atomic_write_json(os.path.join(tmp, DATA_FILES.split), split)
             count = lambda role: sum(im["role"] == role for im in images)
             other = sum(os.path.getsize(os.path.join(tmp, f))
-                        for f in ("train_triplets.npy", "mix_triplets.npy", "images.json", "split.json"))
+                        for f in (DATA_FILES.triplets, DATA_FILES.mix, DATA_FILES.images, DATA_FILES.split))
             manifest = {
                 "dataset": facts.key, "dataset_name": facts.name, "options": facts.options,
                 "split": name, "seed": seed, "profile": prof.to_dict(), "input_size": prof.input_size,
@@ -220,7 +220,7 @@ def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_siz
                 "warnings": split["warnings"], "command": argv,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            atomic_write_json(os.path.join(tmp, "manifest.json"), manifest)
+            atomic_write_json(os.path.join(tmp, DATA_FILES.manifest), manifest)
     except OSError as e:
         raise MtdnetError(f"{e.filename or out}: {e.strerror or e} while building {out} "
                           f"(nothing was left under that name; fix it and re-run)")

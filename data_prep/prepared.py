@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 from spec import MtdnetError
 from spec.fsutil import read_json
+from spec.runs import DATA_FILES
 
 
 class Prepared(NamedTuple):
@@ -21,14 +22,14 @@ def load_prepared(data):
     make = data.make_command() if hasattr(data, "make_command") else "make data (DATASET, PROFILE, SPLIT)"
     if not os.path.isdir(d):
         raise MtdnetError(f"{d}: no prepared data here; run `{make}`")
-    lmdb = os.path.join(d, "images.lmdb")
-    triplets = os.path.join(d, "train_triplets.npy")
+    lmdb = os.path.join(d, DATA_FILES.lmdb)
+    triplets = os.path.join(d, DATA_FILES.triplets)
     for p in (os.path.join(lmdb, "data.mdb"), triplets):
         if not os.path.isfile(p):
             raise MtdnetError(f"{p}: missing; the prepared data is incomplete, re-run `make data`")
-    images = read_json(os.path.join(d, "images.json"), "images.json")
-    split = read_json(os.path.join(d, "split.json"), "split.json")
-    manifest = read_json(os.path.join(d, "manifest.json"), "manifest.json")
+    images = read_json(os.path.join(d, DATA_FILES.images), DATA_FILES.images)
+    split = read_json(os.path.join(d, DATA_FILES.split), DATA_FILES.split)
+    manifest = read_json(os.path.join(d, DATA_FILES.manifest), DATA_FILES.manifest)
     if len(images) != manifest.get("counts", {}).get("images", {}).get("total"):
         raise MtdnetError(f"{d}: images.json and manifest.json disagree on the number of images; "
                           f"re-run `make data`")

@@ -76,6 +76,25 @@ class Project:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataFiles:
+    """The file names inside a prepared-data directory (one place: builders write into a
+    temporary directory by these names, readers read them)."""
+    lmdb: str = "images.lmdb"            # Caffe Datum LMDB (its data.mdb)
+    triplets: str = "train_triplets.npy"
+    mix: str = "mix_triplets.npy"        # MTDnet-aug's mix
+    images: str = "images.json"
+    split: str = "split.json"
+    manifest: str = "manifest.json"
+
+    def all(self):
+        return [os.path.join(self.lmdb, "data.mdb"), self.triplets, self.mix, self.images, self.split,
+                self.manifest]
+
+
+DATA_FILES = DataFiles()
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSpec:
     """One prepared-data directory (what `make data` writes for one concrete split)."""
     dataset: Dataset
@@ -96,16 +115,16 @@ class DataSpec:
 
     @property
     def lmdb(self):
-        return os.path.join(self.dir, "images.lmdb")
+        return os.path.join(self.dir, DATA_FILES.lmdb)
 
     @property
     def triplets(self):
-        return os.path.join(self.dir, "train_triplets.npy")
+        return os.path.join(self.dir, DATA_FILES.triplets)
 
     @property
     def mix_triplets(self):
         """MTDnet-aug's triplets of this dataset (profile.aug_ / source_triplets_per_pair)."""
-        return os.path.join(self.dir, "mix_triplets.npy")
+        return os.path.join(self.dir, DATA_FILES.mix)
 
     def exists(self):
         return os.path.exists(os.path.join(self.lmdb, "data.mdb"))
