@@ -304,7 +304,7 @@ def _evaluate(run, ev, progress, log, selected):
                                _npz_bytes(scores=scores, rows=rows, cols=cols))
             atomic_write_json(place(run.result(ev.protocol, on=ev.on)), body)
             if ev.on == "test":
-                atomic_write_json(place(os.path.join(out, "cmc.json")), body)
+                atomic_write_json(place(run.latest_result()), body)
         except MtdnetError as e:   # name the file the user knows, not its staging copy
             msg = str(e)
             for final, path in staged.items():
@@ -346,7 +346,7 @@ def select_snapshot(run, ev=Evaluation(), progress=True, log=print):
               "iteration": best["iteration"], "model": best["model"], "val_rank1": best["rank1"],
               "val_mAP": best["mAP"], "curve": curve, "variant": run.variant.key}
     atomic_write_json(run.selection, choice)
-    plots.plot_selection(curve, best["iteration"], os.path.join(run.result_dir, "select-val.png"),
+    plots.plot_selection(curve, best["iteration"], run.selection_png,
                          title=f"{run.result_name}: validation rank-1 per snapshot")
     log(f"chosen on validation: iteration {best['iteration']} (val rank-1 {best['rank1']:.2f}%)")
     return evaluate(run, dataclasses.replace(ev, on="test", model=run.project.abs(best["model"])), progress, log,
@@ -416,7 +416,7 @@ def evaluate_splits(run, splits, ev=Evaluation(), combine_only=False, progress=T
     def same(key):
         vals = [r.get(key) for r in results]
         return vals[0] if all(v == vals[0] for v in vals) else vals
-    name, out = run.mean_result_name, run.mean_result_dir
+    name = run.mean_result_name
     protocol = ev.protocol
     body.update(dataset=run.dataset.name, variant=run.variant.key, profile=run.profile.name,
                 overrides=dict(run.profile.overrides), split=MEAN_SPLIT,
@@ -425,17 +425,16 @@ def evaluate_splits(run, splits, ev=Evaluation(), combine_only=False, progress=T
                 score_kind=same("score_kind"), scoring=same("scoring"), scorer=same("scorer"),
                 gallery_size=same("gallery_size"), trial_seed=same("trial_seed"),
                 evaluated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    atomic_write_json(os.path.join(out, f"cmc-{protocol}.json"), body)
-    atomic_write_json(os.path.join(out, "cmc.json"), body)
+    atomic_write_json(run.result(protocol, mean=True), body)
+    atomic_write_json(run.latest_result(mean=True), body)
     plots.plot_cmc([(name, body)] + [(r["run"], r) for r in results],
-                   os.path.join(out, f"cmc-{protocol}.png"),
+                   run.result(protocol, "cmc", "png", mean=True),
                    title=f"{run.dataset.name} {run.variant.key} ({run.profile.name}): mean of {len(splits)} "
                          f"random splits, {protocol} protocol")
     # The first split's ranked gallery stands for the set.
     first = runs[0].result(protocol, "ranked", "png")
     if os.path.isfile(first):
-        tmp = os.path.join(out, f".ranked-{protocol}.png.tmp")
-        shutil.copyfile(first, tmp)
-        os.replace(tmp, os.path.join(out, f"ranked-{protocol}.png"))
-    log(summary(body, run.project.rel(os.path.join(out, f"cmc-{protocol}.json"))))
+        with open(first, "rb") as f:
+            atomic_write_bytes(run.result(protocol, "ranked", "png", mean=True), f.read())
+    log(summary(body, run.project.rel(run.result(protocol, mean=True))))
     return body

@@ -279,16 +279,26 @@ class Run:
     def init_model(self):
         return os.path.join(self.dir, "init.caffemodel")
 
-    def result(self, protocol, what="cmc", ext="json", on="test"):
+    def result(self, protocol, what="cmc", ext="json", on="test", mean=False):
         """runs/<result>/<what>-<protocol>.<ext> (cmc, scores, ranked); evaluations on the
-        validation identities: <what>-val-<protocol>.<ext>."""
+        validation identities: <what>-val-<protocol>.<ext>; mean=True: in the mean over
+        random<k> splits' folder."""
         middle = "" if on == "test" else f"{on}-"
-        return os.path.join(self.result_dir, f"{what}-{middle}{protocol}.{ext}")
+        return os.path.join(self.mean_result_dir if mean else self.result_dir, f"{what}-{middle}{protocol}.{ext}")
+
+    def latest_result(self, mean=False):
+        """runs/<result>/cmc.json: the newest test evaluation, whatever its protocol."""
+        return os.path.join(self.mean_result_dir if mean else self.result_dir, "cmc.json")
 
     @property
     def selection(self):
         """runs/<result>/select-val.json: every snapshot's validation rank-1 and the one chosen."""
         return os.path.join(self.result_dir, "select-val.json")
+
+    @property
+    def selection_png(self):
+        """runs/<result>/select-val.png: the validation rank-1 of every snapshot scored."""
+        return os.path.join(self.result_dir, "select-val.png")
 
     # --- solver numbers that depend on the dataset
     def solver_settings(self):

@@ -365,7 +365,8 @@ def test_a_model_of_another_variant_is_refused(world, tmp_path, capsys):
 def test_one_evaluation_of_a_result_at_a_time_and_a_note_while_training(world, tmp_path):
     from spec.locks import exclusive
     runs = str(tmp_path / "runs")
-    shutil.copytree(world["run"], os.path.join(runs, "synthetic-mtdnet-tiny"))
+    shutil.copytree(world["run"], os.path.join(runs, "synthetic-mtdnet-tiny"),
+                    ignore=shutil.ignore_patterns("cmc*", "ranked*", "scores*"))   # the training only
     run = run_of(data_dir=world["data"], runs_dir=runs)
     with exclusive(run.result_dir + ".eval", "make eval"):
         with pytest.raises(MtdnetError, match=f"runs/synthetic-mtdnet-tiny: make eval already running "
