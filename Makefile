@@ -4,10 +4,8 @@ ifeq ($(origin VENV),undefined)
 VENV := $(CURDIR)/.venv
 endif
 
-DATASET ?= synthetic
-PROFILE ?= cpu
-VARIANT ?= mtdnet
-SPLIT ?= paper
+# No defaults here: a variable left out is an option left out, and the tools' one set of
+# defaults applies (mtdnet/cli.py: DATASET=synthetic VARIANT=mtdnet PROFILE=scratch SPLIT=paper).
 
 # Every value a user gives (make train WEIGHTS=...) reaches the tools as typed, as one
 # argument: make passes it in the environment as ARG_<NAME>, copied with $(value ...) so that
@@ -73,20 +71,20 @@ prototxt:
 	$(NEED_VENV)
 	$(ACTIVATE) python tools/with_args.py - python tools/generate_prototxt.py
 
-# make data [DATASET=synthetic|viper|cuhk01|cuhk03|cuhk03detected|ilids|prid2011] [DATA_ROOT=<dir>] [PROFILE=cpu]
+# make data [DATASET=synthetic|viper|cuhk01|cuhk03|cuhk03detected|ilids|prid2011] [DATA_ROOT=<dir>] [PROFILE=scratch]
 #           [SPLIT=paper|random|random<k>|testsets|testsets<k>] [NUM_SPLITS=10] [SEED=<n>] [DATA_ARGS=...]
 data:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/with_args.py DATA_ARGS python tools/prepare_data.py --dataset "$$ARG_DATASET" \
-	  --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) $(call opt,--data-root,DATA_ROOT) \
+	$(ACTIVATE) python tools/with_args.py DATA_ARGS python tools/prepare_data.py $(call opt,--dataset,DATASET) \
+	  $(call opt,--profile,PROFILE) $(call opt,--split,SPLIT) $(call opt,--set,SET) $(call opt,--data-root,DATA_ROOT) \
 	  $(call opt,--num-splits,NUM_SPLITS) $(call opt,--seed,SEED)
 
 # make train DATASET=<d> VARIANT=<v> PROFILE=<p> [SPLIT=paper] [WEIGHTS=<caffemodel>] [ITERS=<n>]
 #            [RESTART=1] [GPU=1] [TRAIN_ARGS=--source-split random0]
 train:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/with_args.py TRAIN_ARGS python tools/train.py --dataset "$$ARG_DATASET" \
-	  --variant "$$ARG_VARIANT" --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) \
+	$(ACTIVATE) python tools/with_args.py TRAIN_ARGS python tools/train.py $(call opt,--dataset,DATASET) \
+	  $(call opt,--variant,VARIANT) $(call opt,--profile,PROFILE) $(call opt,--split,SPLIT) $(call opt,--set,SET) \
 	  $(call opt,--iters,ITERS) $(call opt,--weights,WEIGHTS) $(call flag,--restart,RESTART) $(call flag,--gpu,GPU) \
 	  $(call opt,--tag,TAG) $(call opt,--source,SOURCE)
 
@@ -95,8 +93,8 @@ train:
 #           ON=val ranks the validation identities; SELECT=1 picks the snapshot on them, then tests it
 eval:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/with_args.py EVAL_ARGS python tools/evaluate.py --dataset "$$ARG_DATASET" \
-	  --variant "$$ARG_VARIANT" --profile "$$ARG_PROFILE" --split "$$ARG_SPLIT" $(call opt,--set,SET) \
+	$(ACTIVATE) python tools/with_args.py EVAL_ARGS python tools/evaluate.py $(call opt,--dataset,DATASET) \
+	  $(call opt,--variant,VARIANT) $(call opt,--profile,PROFILE) $(call opt,--split,SPLIT) $(call opt,--set,SET) \
 	  $(call opt,--splits,SPLITS) $(call opt,--protocol,PROTOCOL) $(call opt,--trials,TRIALS) \
 	  $(call opt,--model,MODEL) $(call opt,--on,ON) $(call flag,--select-on-val,SELECT) $(call opt,--tag,TAG)
 
@@ -109,7 +107,7 @@ report:
 #   paper for the datasets present (resumable), then make report; DRY_RUN=1 prints the plan and its times
 table1:
 	$(NEED_VENV)
-	$(ACTIVATE) python tools/with_args.py TABLE1_ARGS python tools/table1.py --profile "$$ARG_PROFILE" \
+	$(ACTIVATE) python tools/with_args.py TABLE1_ARGS python tools/table1.py $(call opt,--profile,PROFILE) \
 	  $(call opt,--weights,WEIGHTS) $(call flag,--gpu,GPU) $(call flag,--dry-run,DRY_RUN)
 
 # make bench [BENCH_ARGS="--parts caffe,scoring --blocks paper=8x8 ..."]: runs/bench/results.json (tools/bench.py --help)

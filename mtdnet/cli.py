@@ -4,6 +4,7 @@ import sys
 
 from mtdnet.trials import PROTOCOLS
 from spec import PROFILES, MtdnetError, Project, Run, datasets, get_profile, splits, variants
+from spec.profiles import CPU_DEFAULT
 from spec.fsutil import os_error
 
 
@@ -61,7 +62,7 @@ def choices_text():
     """The valid values of the experiment's names, one variable a line (`make help`)."""
     profs = ", ".join(f"{p} ({get_profile(p).max_iter} iterations)" for p in PROFILES)
     return "\n".join([
-        "Valid values (defaults: DATASET=synthetic VARIANT=mtdnet PROFILE=cpu SPLIT=paper):",
+        "Valid values (defaults: " + " ".join(f"{k}={v}" for k, v in DEFAULTS.items()) + "):",
         f"  DATASET   {', '.join(datasets.names())}",
         f"  VARIANT   {', '.join(variants.names())}",
         f"  PROFILE   {profs}",
@@ -72,14 +73,20 @@ def choices_text():
     ])
 
 
+# The one set of defaults of every command (the Makefile passes only what a user gives):
+# the built-in synthetic data, MTDnet, and the CPU profile recommended for real data.
+DEFAULTS = {"DATASET": "synthetic", "VARIANT": "mtdnet", "PROFILE": CPU_DEFAULT, "SPLIT": "paper"}
+
+
 def add_experiment_args(ap, *, variant=True, split_help=None):
     """The options every command names an experiment with (one definition for all tools)."""
-    ap.add_argument("--dataset", default="synthetic",
-                    help=f"one of {', '.join(datasets.names())} (default synthetic)")
+    ap.add_argument("--dataset", default=DEFAULTS["DATASET"],
+                    help=f"one of {', '.join(datasets.names())} (default {DEFAULTS['DATASET']})")
     if variant:
-        ap.add_argument("--variant", default="mtdnet", help=f"one of {', '.join(variants.names())}")
-    ap.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)} (default cpu)")
-    ap.add_argument("--split", default="paper", help=split_help or splits.HELP)
+        ap.add_argument("--variant", default=DEFAULTS["VARIANT"], help=f"one of {', '.join(variants.names())}")
+    ap.add_argument("--profile", default=DEFAULTS["PROFILE"],
+                    help=f"one of {', '.join(PROFILES)} (default {DEFAULTS['PROFILE']})")
+    ap.add_argument("--split", default=DEFAULTS["SPLIT"], help=split_help or splits.HELP)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a profile field (repeatable, or space-separated: "
                          "--set 'base_lr=0.005 shift=8'); recorded in run.json / cmc.json and in the "

@@ -59,7 +59,7 @@ def plan(run, iters=None, gpu=False):
     for d in run.all_data:
         if not d.exists():
             raise MtdnetError(f"{run.project.rel(d.dir)}: prepared data not found; run `{d.make_command()}` "
-                              f"first{_other_sources(run) if d is not run.data else ''}")
+                              f"first{_other_sources(run) if d == run.source_data else ''}")
         why = build.outdated(d.dir)
         if why:
             raise MtdnetError(f"{run.project.rel(d.dir)}: {why}; run `{d.make_command()}` first")

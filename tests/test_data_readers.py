@@ -56,6 +56,10 @@ RECORDED = {
     "ilids_test.json": "f298c0f333178b1e33fd68dee25fbe94c8abfcbfb0d71ac983f6e9b978ab46c8",
     "prid_test.json": "0ad91256a0bbfad516ac41d59485e2ab8348f07276acfb8b9d877e37c1c49a58",
     "viper_test.json": "8e5abd3fa3d2ce9a3827756ba1595115307369ec121303f496d4394137b3d66a",
+    # CUHK03's 767/700 protocol (zhunzhong07/person-re-ranking), unchanged, and its provenance.
+    "cuhk03_new_protocol_config_detected.mat": "ef438e7775fce6d08ef6dff84d2235bd4bed63850dbbf7025f3251e45c7fa721",
+    "cuhk03_new_protocol_config_labeled.mat": "15627d0913d59ac61220cf311dbca8b936499265da86c0c036d3b8162a180b9c",
+    "cuhk03_new_protocol.md": "152ff5ba2aa59af9b8dd8ed09b2ec84480ecec9ababaaa1972797b88f38cf681",
 }
 
 

@@ -574,3 +574,15 @@ def test_a_missing_source_names_the_source_whose_raw_data_is_here(data, tmp_path
     assert "cuhk03-tiny-paper: prepared data not found" in str(e.value)
     assert str(e.value).endswith("but no raw cuhk03 data is here, cuhk03detected is: add SOURCE=cuhk03detected "
                                  "(its data: `make data DATASET=cuhk03detected PROFILE=tiny SPLIT=paper`)")
+
+
+def test_make_leaves_the_defaults_to_the_tools(tmp_path):
+    """One set of defaults (mtdnet.cli.DEFAULTS): make passes only what the user gives."""
+    from mtdnet.cli import DEFAULTS
+    from spec.profiles import CPU_DEFAULT
+    assert DEFAULTS["PROFILE"] == CPU_DEFAULT == "scratch"
+    r = subprocess.run(["make", "-s", "data", f"DATA_ARGS=--data-dir {tmp_path} --synthetic-ids 12 "
+                        "--synthetic-test 4 --no-progress"], cwd=REPO_ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, MAKEFLAGS=""), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["raw", "synthetic-scratch-paper"]

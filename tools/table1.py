@@ -12,14 +12,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtdnet.cli import add_flag, cli_main  # noqa: E402
+from mtdnet.cli import DEFAULTS, add_flag, cli_main  # noqa: E402
 
 
 def main(argv=None):
     from mtdnet import table1
     from spec import PROFILES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="scratch", help=f"one of {', '.join(PROFILES)} (default scratch)")
+    ap.add_argument("--profile", default=DEFAULTS["PROFILE"],
+                    help=f"one of {', '.join(PROFILES)} (default {DEFAULTS['PROFILE']})")
     add_flag(ap, "--gpu", help="train and score on the GPU (a CUDA build)")
     ap.add_argument("--weights", help="an ImageNet CaffeNet / AlexNet model for the source stage (paper profile)")
     add_flag(ap, "--dry-run", help="print the plan and the expected times; run nothing")
