@@ -162,6 +162,7 @@ def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_siz
     split = splitting.make_split(ds, data.split, seed, opts.num_test, opts.num_val)
     recs, images = splitting.select_images(ds, split)
     split["eval"] = splitting.eval_sets(split, images)
+    split.update(dataset=data.dataset.name, dataset_key=facts.key)   # one meaning of "dataset" everywhere
     spec = data.dataset.spec
     triplets, n_pairs = make_triplets(images, split["train"], prof.triplets_per_pair, seed,
                                       facts.cameras_known, spec.negatives)
@@ -197,7 +198,8 @@ def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_siz
             other = sum(os.path.getsize(os.path.join(tmp, f))
                         for f in (DATA_FILES.triplets, DATA_FILES.mix, DATA_FILES.images, DATA_FILES.split))
             manifest = {
-                "dataset": facts.key, "dataset_name": facts.name, "options": facts.options,
+                "dataset": data.dataset.name, "dataset_key": facts.key, "dataset_title": facts.name,
+                "options": facts.options,
                 "split": name, "seed": seed, "profile": prof.to_dict(), "input_size": prof.input_size,
                 "data_version": DATA_VERSION, "key": key, "lmdb_key": lmdb_key,
                 "inputs": fp, "protocol": facts.protocol, "rule": split["rule"],

@@ -119,7 +119,7 @@ def make_split(dataset, split, seed, num_test=None, num_val=None):
         warnings.append(f"sizes {sizes} differ from the paper protocol's {paper_sizes}")
     distractors = sorted(int(p) for p in (facts.distractor_ids or []))
     return {
-        "dataset": facts.key, "dataset_name": facts.name, "split": name, "seed": seed,
+        "dataset": facts.key, "dataset_title": facts.name, "split": name, "seed": seed,
         "protocol": facts.protocol, "rule": rule, "options": facts.options,
         "train": train, "val": val, "test": sorted(test), "distractors": distractors,
         "sizes": dict(sizes, distractors=len(distractors)),
@@ -141,7 +141,7 @@ def _image_protocol_split(dataset, name, seed, num_test, num_val):
         raise MtdnetError(f"--num-test / --num-val do not apply to split '{name}': its images are fixed")
     proto = make()
     return {
-        "dataset": facts.key, "dataset_name": facts.name, "split": name, "seed": seed,
+        "dataset": facts.key, "dataset_title": facts.name, "split": name, "seed": seed,
         "protocol": proto.rule, "rule": proto.rule, "options": facts.options,
         "train": list(proto.train_ids), "val": [], "test": list(proto.test_ids), "distractors": [],
         "sizes": {"train": len(proto.train_ids), "val": 0, "test": len(proto.test_ids), "distractors": 0},

@@ -272,8 +272,7 @@ def _evaluate(run, ev, progress, log, selected):
         iters = info.get("iterations") if info.get("model") and \
             os.path.abspath(project.abs(info["model"])) == model else None
     body.update(
-        dataset=run.dataset.name, variant=run.variant.key, profile=prof.name,
-        overrides=dict(prof.overrides), split=run.split.name, on=ev.on, tag=run.tag,
+        run.identity(), on=ev.on,
         split_rule=prepared.split.get("rule"), substitute=prepared.split.get("substitute"),
         gallery_rule=(GALLERY_RULES[rule] if ev.protocol == "paper" else "one random camera-B image "
                       "per identity and trial"),
@@ -418,8 +417,7 @@ def evaluate_splits(run, splits, ev=Evaluation(), combine_only=False, progress=T
         return vals[0] if all(v == vals[0] for v in vals) else vals
     name = run.mean_result_name
     protocol = ev.protocol
-    body.update(dataset=run.dataset.name, variant=run.variant.key, profile=run.profile.name,
-                overrides=dict(run.profile.overrides), split=MEAN_SPLIT,
+    body.update(run.identity(), split=MEAN_SPLIT,
                 split_names=names, run=name, model=[r.get("model") for r in results],
                 iterations=same("iterations"), seed=same("seed"), init=same("init"),
                 score_kind=same("score_kind"), scoring=same("scoring"), scorer=same("scorer"),

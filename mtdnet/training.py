@@ -254,10 +254,8 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
                   f"of profile '{run.profile.name}'); Ctrl-C stops with a snapshot, the same command resumes")
         if not state:
             info["weights"] = os.path.abspath(weights) if weights else None
-        info.update(dataset=run.dataset.name, variant=run.variant.key, profile=run.profile.name,
-                    overrides=dict(run.profile.overrides), split=run.split.name,
-                    source_split=run.source_split.name, seed=seed, max_iter=max_iter, init=init,
-                    solver=solver_rel, data=[project.rel(d.dir) for d in run.all_data], gpu=gpu, tag=run.tag,
+        info.update(run.identity(), source_split=run.source_split.name, seed=seed, max_iter=max_iter, init=init,
+                    solver=solver_rel, data=[project.rel(d.dir) for d in run.all_data], gpu=gpu,
                     source=run.source_data.dataset.name if run.source_data else None)
         add_compute(info)
         atomic_write_json(run.info, info)

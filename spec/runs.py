@@ -344,6 +344,12 @@ class Run:
                 command("eval", self.variant.key, (["SELECT=1"] if select else [])
                         + ([f"MODEL={self.project.rel(model)}"] if model else [])))
 
+    def identity(self):
+        """What names this run in run.json and cmc.json: dataset (the registry name, e.g.
+        cuhk03detected), variant, profile and its overrides, split, tag."""
+        return dict(dataset=self.dataset.name, variant=self.variant.key, profile=self.profile.name,
+                    overrides=dict(self.profile.overrides), split=self.split.name, tag=self.tag)
+
     def make_options(self):
         """The make variables beyond DATASET / VARIANT / PROFILE that name this run."""
         words = [] if self.split.is_paper else [f"SPLIT={self.split.name}"]
