@@ -277,7 +277,7 @@ def _evaluate(run, ev, progress, log, selected):
         gallery_rule=(GALLERY_RULES[rule] if ev.protocol == "paper" else "one random camera-B image "
                       "per identity and trial"),
         model=project.rel(model), iterations=iters, seed=info.get("seed", prof.seed),
-        init=info.get("init", "unknown (no run.json)"), run=run.result_name,
+        init=info.get("init", "unknown (no run.json)"), init_kind=info.get("init_kind"), run=run.result_name,
         data=project.rel(prepared.dir), deploy=deploy, score_kind=kind, scoring=SCORE_KINDS[kind],
         scorer=ev.scorer if kind == "pair" else "features",
         scored=[int(rows.size), int(cols.size)], score_seconds=round(seconds, 1),

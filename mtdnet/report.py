@@ -22,6 +22,10 @@ from spec.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, read_
 # Table 1 (the paper's rows, titles, types, dataset columns) comes from the variant
 # and dataset registries (spec/variants.py, spec/datasets.py).
 RANKS = ("rank1", "rank5", "rank10")
+# A result's row by how its weights started (run.json / cmc.json init_kind; tagged runs are
+# "pre-trained on <tag>").
+ORIGINS = {"scratch": "from scratch", "imagenet": "ImageNet", "finetune": "fine-tuned",
+           "two_copies": "fine-tuned (both copies)"}
 REQUIRED = ("dataset", "variant", "profile", "protocol", "rank1", "rank5", "rank10", "mAP", "cmc")
 DASH = "–"
 
@@ -63,7 +67,10 @@ def origin(r):
     the from-scratch baselines."""
     if r.get("tag"):
         return f"pre-trained on {dataset_title(r['tag'])}"
-    init = r.get("init") or ""
+    kind = r.get("init_kind")
+    if kind in ORIGINS:
+        return ORIGINS[kind]
+    init = r.get("init") or ""   # a result recorded before init_kind: its description's first word
     return "from scratch" if init.startswith("scratch") else "ImageNet" if init.startswith("ImageNet") else init
 
 

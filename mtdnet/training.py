@@ -138,8 +138,12 @@ def check_finetune_source(run, weights):
                               "(a model of another profile?)")
 
 
+# How a run's weights started (run.json `init_kind`; `init` says it in words).
+INIT_KINDS = ("scratch", "imagenet", "finetune", "two_copies")
+
+
 def initial_weights(run, weights):
-    """(caffemodel to pass to -weights or None, description of the initialisation)."""
+    """(caffemodel to pass to -weights or None, description of the initialisation, INIT_KINDS)."""
     if weights is None:
         if run.variant.init == "two_copies":
             src = run.with_variant("mtdnet")
@@ -147,19 +151,19 @@ def initial_weights(run, weights):
             raise MtdnetError(f"{run.variant.title} starts from a {src.dataset.title} MTDnet model: pass "
                               f"WEIGHTS=<{src.dataset.title} model> (e.g. "
                               f"{run.project.rel(src.snapshot_prefix)}_iter_N.caffemodel)")
-        return None, "scratch (fillers)"
+        return None, "scratch (fillers)", "scratch"
     kind = model_kind(weights)
     out = run.init_model
     shown = run.project.rel(weights)
     if kind == "imagenet":
         layers = run.train_variant.imagenet_layers
         W.init_from_imagenet(weights, run.train_net, out, layers=layers)
-        return out, f"ImageNet {'/'.join(layers)} from {shown}"
+        return out, f"ImageNet {'/'.join(layers)} from {shown}", "imagenet"
     if run.variant.init == "two_copies":
         W.init_cross_from_mtdnet(weights, run.train_net, out)
-        return out, f"both copies from the MTDnet model {shown}"
+        return out, f"both copies from the MTDnet model {shown}", "two_copies"
     check_finetune_source(run, weights)
-    return weights, f"fine-tuned from {shown}"
+    return weights, f"fine-tuned from {shown}", "finetune"
 
 
 def _same_weights(info, weights):
@@ -237,7 +241,8 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
                 init_model, init = None, info.get("init", "unknown")
                 print(f"resuming from {project.rel(state)} (initialisation: {init})")
             else:
-                init_model, init = initial_weights(run, weights)
+                init_model, init, kind = initial_weights(run, weights)
+                info["init_kind"] = kind
                 print(f"initialisation: {init}")
         except BaseException:
             if created:   # made by this command a moment ago: leave no empty run behind

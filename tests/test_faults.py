@@ -428,6 +428,7 @@ def test_weights_on_a_run_with_snapshots_needs_restart(data, tmp_path, capsys):
     assert listing(run.snapshot_dir) == before and not [n for n in os.listdir(run.dir) if "previous" in n]
     info = training.train(run, iters=20, weights=other, progress=False, restart=True)
     assert info["init"] == "fine-tuned from other/mtdnet.caffemodel" and info["iterations"] == 20
+    assert info["init_kind"] == "finetune"
     aside = [n for n in os.listdir(run.dir) if n.startswith("previous-")]
     assert len(aside) == 1 and listing(os.path.join(run.dir, aside[0], "snapshots")) == before
     # The same WEIGHTS again (the command re-run after a Ctrl-C) resumes.

@@ -230,3 +230,10 @@ def test_reproduce_names_model_when_the_result_scored_another_runs_model(tmp_pat
 def test_wall_times_read_as_spent():
     assert [R.hours_minutes(s) for s in (1, 40, 59.4, 60, 89, 3600, 7500)] == \
         ["1 s", "40 s", "59 s", "1 min", "1 min", "1 h 00 min", "2 h 05 min"]
+
+
+def test_a_rows_origin_comes_from_the_recorded_init_kind():
+    assert R.origin({"init_kind": "scratch", "init": "anything"}) == "from scratch"
+    assert R.origin({"init_kind": "imagenet", "init": "conv1/conv2 copied"}) == "ImageNet"
+    assert R.origin({"init": "scratch (fillers)"}) == "from scratch"          # a result from before init_kind
+    assert R.origin({"tag": "cuhk03detected", "init_kind": "finetune"}) == "pre-trained on CUHK03 (detected)"
