@@ -18,12 +18,9 @@ Examples:
   python tools/bench.py --quick
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mtdnet.cli import cli_main  # noqa: E402
+from mtdnet.cli import cli_main
 
 
 def main(argv=None):

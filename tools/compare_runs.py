@@ -13,11 +13,8 @@ cmc-<protocol>.json, --train its train.log (evaluation-only runs such as
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mtdnet.cli import cli_main  # noqa: E402
+from mtdnet.cli import cli_main
 
 
 def parse_args(argv=None):

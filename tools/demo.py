@@ -5,11 +5,8 @@ Writes only data/demo/ and runs/demo/. Run again, it reuses its data and model.
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mtdnet.cli import add_flag, cli_main  # noqa: E402
+from mtdnet.cli import add_flag, cli_main
 
 
 def main(argv=None):

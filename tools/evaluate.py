@@ -14,11 +14,8 @@ runs/<dataset>-<variant>-<profile>-random-mean/.
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mtdnet.cli import add_experiment_args, add_flag, bars, cli_main, run_from_args  # noqa: E402
+from mtdnet.cli import add_experiment_args, add_flag, bars, cli_main, run_from_args
 
 
 def main(argv=None):

@@ -8,12 +8,9 @@ Examples:
   tools/prepare_data.py --dataset prid2011 --split random --num-splits 10
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mtdnet.cli import add_experiment_args, bars, cli_main, overrides, project  # noqa: E402
+from mtdnet.cli import add_experiment_args, bars, cli_main, overrides, project
 
 
 def parse_args(argv=None):

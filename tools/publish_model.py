@@ -5,12 +5,8 @@ Example:
   python tools/publish_model.py --dataset cuhk03detected --variant mtdnet --profile scratch --with trp
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mtdnet.cli import add_experiment_args, cli_main, run_from_args  # noqa: E402
+from mtdnet.cli import add_experiment_args, cli_main, run_from_args
 
 
 def main(argv=None):

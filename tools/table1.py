@@ -8,11 +8,8 @@ Examples:
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mtdnet.cli import DEFAULTS, add_flag, cli_main  # noqa: E402
+from mtdnet.cli import DEFAULTS, add_flag, cli_main
 
 
 def main(argv=None):

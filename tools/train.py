@@ -10,12 +10,8 @@ Re-running the same command resumes from the newest snapshot that loads; Ctrl-C
 time: a second one stops at once ("already running (pid N)").
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mtdnet.cli import add_experiment_args, add_flag, cli_main, run_from_args  # noqa: E402
+from mtdnet.cli import add_experiment_args, add_flag, cli_main, run_from_args
 
 
 def main():
