@@ -27,7 +27,7 @@ flag = $(if $(value $(2)),$(1)="$$ARG_$(2)")
 PY = "$$ARG_VENV/bin/python"
 NEED_VENV = @test -x $(PY) || { echo "no $$ARG_VENV: run 'make setup' first" >&2; exit 1; }
 # The tool replaces the recipe shell (exec), so make is its parent; it dies with make
-# (spec/proc.py), even when make is killed outright.
+# (core/proc.py), even when make is killed outright.
 # The recipe is not echoed (@): users see the tool's output, not our plumbing.
 ACTIVATE = @source "$$ARG_VENV/bin/activate" && MTDNET_MAKE_PID=$$PPID exec
 

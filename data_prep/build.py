@@ -1,7 +1,7 @@
 """`make data`: read a dataset, split it, resize every image into one LMDB, make triplets.
 
 Output (the prepared-data contract), one directory per dataset/profile/split,
-data/<dataset>-<profile>-<split>/ (spec.runs.DataSpec names it; CUHK03's
+data/<dataset>-<profile>-<split>/ (core.runs.DataSpec names it; CUHK03's
 detected images: <dataset> = cuhk03detected):
   images.lmdb/        one Caffe Datum per image (3 x S x S uint8 BGR), key %08d
   train_triplets.npy  int32 (T, 3) image indices (anchor, positive, negative)
@@ -28,11 +28,11 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from spec import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
-from spec.fsutil import atomic_dir, atomic_write_json, free_bytes, read_json
-from spec.runs import DATA_FILES
-from spec.profiles import check_seed
-from spec.locks import exclusive
+from core import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
+from core.fsutil import atomic_dir, atomic_write_json, free_bytes, read_json
+from core.runs import DATA_FILES
+from core.profiles import check_seed
+from core.locks import exclusive
 from data_prep import imagedb, splitting
 from data_prep.datasets import default_root, get_reader, read_dataset
 from data_prep.records import SPLITS_DIR, load_image, remove_stale_partials, resize_chw
@@ -248,7 +248,7 @@ def prepare(dataset, profile, split, opts=SplitOptions(), *, project=None, root=
             progress=True, log=print, map_size=None, synthetic_params=None, argv=None):
     """Build the prepared-data directories `split` stands for ('random': every random<k>).
 
-    dataset / profile / split: values or names (spec); root: the raw data (default:
+    dataset / profile / split: values or names (core); root: the raw data (default:
     the registry's folder). Returns their manifests.
     """
     dataset, prof, split = get_dataset(dataset), get_profile(profile), Split.parse(split)

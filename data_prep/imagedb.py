@@ -13,8 +13,8 @@ import lmdb
 import numpy as np
 from caffe.proto import caffe_pb2
 
-from spec import MtdnetError
-from spec.fsutil import atomic_dir, free_bytes
+from core import MtdnetError
+from core.fsutil import atomic_dir, free_bytes
 
 
 def key(i):

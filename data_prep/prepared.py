@@ -2,9 +2,9 @@
 import os
 from typing import NamedTuple
 
-from spec import MtdnetError
-from spec.fsutil import read_json
-from spec.runs import DATA_FILES
+from core import MtdnetError
+from core.fsutil import read_json
+from core.runs import DATA_FILES
 
 
 class Prepared(NamedTuple):

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from spec import MtdnetError
+from core import MtdnetError
 
 PROBE_CAMERA = 0      # camera A: the probes of a test identity
 GALLERY_CAMERA = 1    # camera B: the gallery

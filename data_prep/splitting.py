@@ -1,6 +1,6 @@
 """Splits (which identities train, validate, test) and the evaluation's image lists.
 
-Splits (spec.splits.Split): `paper` (the authors' recorded test identities, shipped in
+Splits (core.splits.Split): `paper` (the authors' recorded test identities, shipped in
 data_prep/splits/), `random<k>` (seeded random splits of the protocol's
 sizes), `testsets<k>` (CUHK03: the k-th of the 20 test sets in cuhk-03.mat),
 `val` (for tuning: the paper split's test identities are left out entirely and
@@ -11,7 +11,7 @@ from the non-test identities with the recorded seed.
 """
 import numpy as np
 
-from spec import MtdnetError, Split
+from core import MtdnetError, Split
 
 ROLES = ("train", "val", "test")
 

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from spec import MtdnetError
-from spec.fsutil import atomic_dir, atomic_write_json, os_error, read_json, require_replaceable
-from spec.locks import exclusive
+from core import MtdnetError
+from core.fsutil import atomic_dir, atomic_write_json, os_error, read_json, require_replaceable
+from core.locks import exclusive
 from data_prep.records import remove_stale_partials
 
 VERSION = 1

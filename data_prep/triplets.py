@@ -14,7 +14,7 @@ training time (the paper's "fourfold": each image of a pair original or mirrored
 """
 import numpy as np
 
-from spec import MtdnetError
+from core import MtdnetError
 
 NEGATIVES = ("random", "every_other")
 

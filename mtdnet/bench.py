@@ -64,8 +64,8 @@ from layers.triplet_data import Prefetcher, TripletBatcher, open_sources
 from mtdnet import caffe_run, caffe_speed, cmc, scoring
 from mtdnet.caffelog import caffe_time_ms, iteration_times
 from prototxt import generate, weights
-from spec import REPO_ROOT, MtdnetError, Project, Run, get_dataset, get_profile
-from spec.fsutil import atomic_write_json
+from core import REPO_ROOT, MtdnetError, Project, Run, get_dataset, get_profile
+from core.fsutil import atomic_write_json
 from mtdnet.cli import cli_main
 
 PARTS = ("scoring", "memory", "train", "prep", "cmc", "datapath", "caffe")

@@ -27,9 +27,9 @@ import sys
 import time
 
 from mtdnet import caffelog
-from spec import MtdnetError, Project
-from spec.fsutil import free_bytes, os_error
-from spec.proc import preexec_die_with_parent
+from core import MtdnetError, Project
+from core.fsutil import free_bytes, os_error
+from core.proc import preexec_die_with_parent
 
 # Progress lines printed when stderr is not a terminal (a log file): one per this
 # fraction of the run, instead of a redrawn bar.
@@ -213,7 +213,7 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
     `resume`; otherwise starts from `weights` (a caffemodel) or the fillers.
     The whole Caffe log is appended to `log_path`. `caffe`: the binary
     (default: the venv's, spec.Project.caffe); `cwd`: where it runs (the project root);
-    `lock`: a spec.locks.Lock Caffe inherits, so the run stays locked while Caffe lives.
+    `lock`: a core.locks.Lock Caffe inherits, so the run stays locked while Caffe lives.
     """
     cwd = cwd or Project().root
     say = _Say(say)

@@ -39,9 +39,9 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 from prototxt import generate, weights
-from spec import REPO_ROOT, Project, Run
-from spec.errors import MtdnetError
-from spec.variants import trained_variants
+from core import REPO_ROOT, Project, Run
+from core.errors import MtdnetError
+from core.variants import trained_variants
 
 FAST_ENV = "MTDNET_CAFFE_FAST"
 MODES = ("stock", "fast")

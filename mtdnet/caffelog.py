@@ -6,7 +6,7 @@ pictures (a whole log) and the benchmarks (iteration timestamps, `caffe time`).
 import datetime
 import re
 
-from spec import MtdnetError
+from core import MtdnetError
 
 _NUM = r"([-+]?(?:nan|inf|[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?))"
 _ITER_LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = " + _NUM, re.I)

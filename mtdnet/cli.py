@@ -3,9 +3,9 @@ import argparse
 import sys
 
 from mtdnet.trials import PROTOCOLS
-from spec import PROFILES, MtdnetError, Project, Run, datasets, get_profile, splits, variants
-from spec.profiles import CPU_DEFAULT
-from spec.fsutil import os_error
+from core import PROFILES, MtdnetError, Project, Run, datasets, get_profile, splits, variants
+from core.profiles import CPU_DEFAULT
+from core.fsutil import os_error
 
 
 def _tell(text):

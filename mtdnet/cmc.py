@@ -25,7 +25,7 @@ import dataclasses
 
 import numpy as np
 
-from spec import MtdnetError
+from core import MtdnetError
 
 RANKS = (1, 5, 10, 20)
 METRICS = tuple(f"rank{k}" for k in RANKS) + ("mAP",)

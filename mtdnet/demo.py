@@ -16,7 +16,7 @@ import time
 from data_prep.build import prepare
 from mtdnet import evaluate, training
 from mtdnet.report import build_report
-from spec import REPO_ROOT, Project, Run
+from core import REPO_ROOT, Project, Run
 
 DATASET, VARIANT, SCORED_ALSO, PROFILE = "synthetic", "mtdnet", "trp", "tiny"
 

@@ -9,7 +9,7 @@ import os
 
 import caffe  # noqa: F401  (loads libcaffe, whose path answers the question)
 
-from spec import MtdnetError
+from core import MtdnetError
 
 
 def caffe_library():

@@ -17,8 +17,8 @@ import os
 import shutil
 
 from mtdnet import caffe_run
-from spec import MtdnetError
-from spec.fsutil import atomic_dir, atomic_write_text, read_json
+from core import MtdnetError
+from core.fsutil import atomic_dir, atomic_write_text, read_json
 
 SUMS = "SHA256SUMS"
 

@@ -13,10 +13,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from spec import MtdnetError
+from core import MtdnetError
 from mtdnet import cmc
 from mtdnet.caffelog import read_caffe_log
-from spec.fsutil import atomic_write_bytes
+from core.fsutil import atomic_write_bytes
 
 DPI = 100
 CMC_SIZE = (900, 600)        # pixels (width, height)

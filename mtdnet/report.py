@@ -16,11 +16,11 @@ import tempfile
 
 from data_prep.datasets import default_root
 from mtdnet import plots
-from spec import DataSpec, MtdnetError, Project, Run, Split, datasets, variants
-from spec.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, read_json, require_replaceable
+from core import DataSpec, MtdnetError, Project, Run, Split, datasets, variants
+from core.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, read_json, require_replaceable
 
 # Table 1 (the paper's rows, titles, types, dataset columns) comes from the variant
-# and dataset registries (spec/variants.py, spec/datasets.py).
+# and dataset registries (core/variants.py, core/datasets.py).
 RANKS = ("rank1", "rank5", "rank10")
 # A result's row by how its weights started (run.json / cmc.json init_kind; tagged runs are
 # "pre-trained on <tag>").

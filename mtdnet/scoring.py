@@ -27,7 +27,7 @@ from tqdm import tqdm
 from mtdnet.cmc import squared_euclidean_distances
 from mtdnet.gpu import require_gpu_build
 from prototxt.weights import read_caffemodel
-from spec import MtdnetError
+from core import MtdnetError
 
 MIRRORS = (False, True)
 SCORE_BATCH = 64          # pairs (or images) per forward pass: speed only, not the result

@@ -30,8 +30,8 @@ from data_prep.datasets import default_root
 from mtdnet import caffe_run, models, training
 from mtdnet import evaluate as E
 from mtdnet.report import build_report, hours_minutes
-from spec import MtdnetError, Project, Run, datasets, get_profile, variants
-from spec.fsutil import read_json
+from core import MtdnetError, Project, Run, datasets, get_profile, variants
+from core.fsutil import read_json
 
 # Probes x gallery images of each dataset's paper protocol (for the time estimates only).
 EVAL_PAIRS = {"cuhk03": 500 * 100, "cuhk01": 200 * 100, "viper": 316 * 316, "ilids": 60 * 59,

@@ -25,9 +25,9 @@ from mtdnet.gpu import require_gpu_build
 from mtdnet.plots import plot_loss_curve
 from prototxt import generate
 from prototxt import weights as W
-from spec import DataSpec, MtdnetError, datasets, get_dataset
-from spec.fsutil import atomic_write_json, atomic_write_text, read_json
-from spec.locks import exclusive
+from core import DataSpec, MtdnetError, datasets, get_dataset
+from core.fsutil import atomic_write_json, atomic_write_text, read_json
+from core.locks import exclusive
 
 # Layers only an MTDnet-family model has (an ImageNet CaffeNet has conv1..fc8 only).
 MTDNET_MARKERS = ("conv3_pair", "feat", "fc8_rnk")

@@ -30,7 +30,7 @@ import dataclasses
 import numpy as np
 
 from data_prep.splitting import fixed_gallery
-from spec import MtdnetError
+from core import MtdnetError
 from mtdnet import cmc
 
 PROTOCOLS = ("paper", "random")

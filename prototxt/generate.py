@@ -18,16 +18,16 @@ evaluation writes the deploy net it scores with. MTDnet-trp has no files of its
 own: it ranks MTDnet's model with feature.prototxt. The source dataset (CUHK03)
 has no aug / cross nets. Train nets read data/<dataset>-<profile>-<split>/
 {images.lmdb, train_triplets.npy}; aug and cross also read CUHK03's. Every
-name and path comes from spec.runs.Run.
+name and path comes from core.runs.Run.
 """
 import argparse
 import os
 
 from google.protobuf import text_format
 
-from spec import REPO_ROOT, MtdnetError, Project, Run, Split, datasets, get_profile, variants
-from spec.fsutil import atomic_dir, atomic_write_text, require_replaceable
-from spec.profiles import CPU_DEFAULT, INT32_MAX, PROFILES
+from core import REPO_ROOT, MtdnetError, Project, Run, Split, datasets, get_profile, variants
+from core.fsutil import atomic_dir, atomic_write_text, require_replaceable
+from core.profiles import CPU_DEFAULT, INT32_MAX, PROFILES
 from prototxt import nets
 
 # Profiles whose generated files are committed (what users run by hand), for Table 1's

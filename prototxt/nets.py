@@ -32,7 +32,7 @@ import caffe
 from caffe import layers as L, params as P
 
 from layers.triplet_loss import NORM_EPS
-from spec import MtdnetError, get_profile
+from core import MtdnetError, get_profile
 
 STREAMS = ("", "_p", "_n")            # anchor, positive, negative
 DATA_TOPS = ("data_a", "data_p", "data_n")
@@ -310,7 +310,7 @@ def mtdnet_body(n, data, profile, trp_weight, d="", frozen=False, order="blocked
     return fc7, labels
 
 
-# Train-net builders, named by the variant registry (spec/variants.py):
+# Train-net builders, named by the variant registry (core/variants.py):
 # f(profile, batch, seed, target, source) -> NetSpec; target / source are
 # (images.lmdb, train_triplets.npy) path pairs (a mixed variant's target holds
 # lists: the target's files and the source's), source is None unless the variant
@@ -421,7 +421,7 @@ def rnk_feature_net(profile):
 
 
 
-# The one table of builders a Variant names (spec/variants.py: `net=`, `deploy=`).
+# The one table of builders a Variant names (core/variants.py: `net=`, `deploy=`).
 # Train nets: f(profile, batch, seed, target, source=None) -> NetSpec; target / source are
 # DataSpecs (the source for aug and cross).
 TRAIN_NETS = {"mtdnet": mtdnet_net, "cls": cls_net, "rnk": rnk_net, "cross": cross_net}

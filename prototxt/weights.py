@@ -14,9 +14,9 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from spec import MtdnetError
-from spec.fsutil import atomic_write_json
-from spec.profiles import Profile
+from core import MtdnetError
+from core.fsutil import atomic_write_json
+from core.profiles import Profile
 
 IMAGENET_LAYERS = ("conv1", "conv2")
 SRC = "_src"

@@ -2,7 +2,7 @@
 (small copies of the real on-disk layouts) in tests/fixtures.py."""
 import pytest
 
-from spec import Project
+from core import Project
 
 
 @pytest.fixture

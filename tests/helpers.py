@@ -12,7 +12,7 @@ from data_prep.imagedb import write_image_lmdb
 from mtdnet import evaluate, training
 from mtdnet.bench import random_weights
 from prototxt import generate
-from spec import REPO_ROOT, Project, Run, get_profile
+from core import REPO_ROOT, Project, Run, get_profile
 
 CAFFE = Project().caffe
 PROFILE = "tiny"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mtdnet import bench, caffelog
-from spec import REPO_ROOT
+from core import REPO_ROOT
 
 TOOL = [sys.executable, os.path.join(REPO_ROOT, "tools", "bench.py")]
 

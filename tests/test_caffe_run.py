@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mtdnet import caffe_run
-from spec import REPO_ROOT
+from core import REPO_ROOT
 from tests.helpers import make_image_lmdb, toy_net_text, toy_solver_text, wait_for
 
 S = 24  # image side: big enough that iterations take a little time

@@ -15,7 +15,7 @@ from data_prep.build import SplitOptions, prepare as build
 from data_prep.imagedb import ImageDB
 from data_prep.prepared import load_prepared
 from data_prep.records import read_image_file, resize_chw
-from spec import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
+from core import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
 
 PY = sys.executable
 SMALL_SYN = {"num_ids": 24, "num_test": 8, "seed": 5}

@@ -17,7 +17,7 @@ import caffe
 
 from layers import triplet_data
 from prototxt import nets
-from spec import MtdnetError, get_profile, get_variant
+from core import MtdnetError, get_profile, get_variant
 
 from tests.helpers import make_image_lmdb, run_caffe
 
@@ -173,7 +173,7 @@ cpu_only = pytest.mark.skipif(mgpu.build_has_cuda(), reason="this Caffe is a CUD
 def test_gpu_on_a_cpu_build_is_one_clear_line(tmp_path):
     import subprocess
     import sys
-    from spec import REPO_ROOT
+    from core import REPO_ROOT
     from mtdnet import scoring
     with pytest.raises(MtdnetError, match="GPU=1, but this Caffe .* is a CPU-only build"):
         scoring.use_device(gpu=True)
@@ -191,7 +191,7 @@ def test_device_check_rehearses_in_cpu_mode(tmp_path):
     CPU, so they agree exactly); every tiny train net builds, runs forward and backward."""
     import subprocess
     import sys
-    from spec import Project, REPO_ROOT
+    from core import Project, REPO_ROOT
     out = tmp_path / "dc.json"
     p = subprocess.run([sys.executable, "scripts/device_check.py", "--cpu", "--out", str(out),
                         "--parts", "agreement,scoring"], cwd=REPO_ROOT, capture_output=True, text=True,

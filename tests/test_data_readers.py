@@ -11,7 +11,7 @@ from tests import fixtures as F
 from tests.helpers import VIPER, needs_real
 from data_prep.datasets import default_root, get_reader, read_dataset
 from data_prep.records import SPLITS_DIR, load_image, paper_split
-from spec import REPO_ROOT, MtdnetError, datasets
+from core import REPO_ROOT, MtdnetError, datasets
 
 needs_viper = needs_real("viper")
 

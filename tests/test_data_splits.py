@@ -10,7 +10,7 @@ from data_prep import splitting as protocol
 from data_prep.datasets import read_dataset
 from data_prep.records import paper_split
 from data_prep.triplets import make_triplets, positive_pairs
-from spec import MtdnetError
+from core import MtdnetError
 
 CUHK03_PAIRS = [843, 440, 77, 58, 49]   # persons per camera pair in cuhk-03.mat
 

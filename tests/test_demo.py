@@ -2,7 +2,7 @@
 import os
 
 from mtdnet import demo
-from spec import REPO_ROOT
+from core import REPO_ROOT
 
 
 def test_demo_runs_the_job_and_says_what_it_learnt_against_chance(tmp_path):

@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from data_prep.prepared import Prepared
-from spec import REPO_ROOT, MtdnetError
+from core import REPO_ROOT, MtdnetError
 from mtdnet import evaluate as E
 from mtdnet import cmc, plots
-from spec.profiles import get_profile
+from core.profiles import get_profile
 from data_prep.build import SplitOptions, prepare
 from mtdnet import report
 from tests.helpers import (PROFILE, deploy_file, eval_run, make_model, prepare_synthetic, run_of, save_deploy_model,
@@ -363,7 +363,7 @@ def test_a_model_of_another_variant_is_refused(world, tmp_path, capsys):
 
 
 def test_one_evaluation_of_a_result_at_a_time_and_a_note_while_training(world, tmp_path):
-    from spec.locks import exclusive
+    from core.locks import exclusive
     runs = str(tmp_path / "runs")
     shutil.copytree(world["run"], os.path.join(runs, "synthetic-mtdnet-tiny"),
                     ignore=shutil.ignore_patterns("cmc*", "ranked*", "scores*"))   # the training only

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spec import MtdnetError
+from core import MtdnetError
 from mtdnet import cmc as E
 from mtdnet import plots
 from mtdnet import trials as P

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from mtdnet import caffe_run, training
-from spec import REPO_ROOT, MtdnetError, Project, Run
-from spec.locks import lock_path
+from core import REPO_ROOT, MtdnetError, Project, Run
+from core.locks import lock_path
 from tests import fixtures as F
 from tests.helpers import (make_image_lmdb, make_model, prepare_synthetic, run_caffe, toy_net_text,
                            toy_solver_text, wait_for)
@@ -541,7 +541,7 @@ def test_values_out_of_range_are_one_line(tmp_path, args, message):
 
 
 def test_every_profile_is_within_its_ranges():
-    from spec.profiles import PROFILES, check_ranges
+    from core.profiles import PROFILES, check_ranges
     for p in PROFILES.values():
         check_ranges(p)
 
@@ -580,7 +580,7 @@ def test_a_missing_source_names_the_source_whose_raw_data_is_here(data, tmp_path
 def test_make_leaves_the_defaults_to_the_tools(tmp_path):
     """One set of defaults (mtdnet.cli.DEFAULTS): make passes only what the user gives."""
     from mtdnet.cli import DEFAULTS
-    from spec.profiles import CPU_DEFAULT
+    from core.profiles import CPU_DEFAULT
     assert DEFAULTS["PROFILE"] == CPU_DEFAULT == "scratch"
     r = subprocess.run(["make", "-s", "data", f"DATA_ARGS=--data-dir {tmp_path} --synthetic-ids 12 "
                         "--synthetic-test 4 --no-progress"], cwd=REPO_ROOT, capture_output=True, text=True,

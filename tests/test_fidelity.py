@@ -17,7 +17,7 @@ from data_prep import splitting
 from data_prep.datasets import read_dataset
 from data_prep.splitting import make_split, select_images
 from data_prep.triplets import make_triplets
-from spec import REPO_ROOT, Run, datasets, get_profile
+from core import REPO_ROOT, Run, datasets, get_profile
 from tests import fixtures as F
 
 P = get_profile("paper")

@@ -1,6 +1,6 @@
 """The code's layering, read from the source: packages import downward only.
 
-  spec  <-  data_prep  <-  layers  <-  prototxt  <-  mtdnet  <-  tools      (tests on top)
+  core  <-  data_prep  <-  layers  <-  prototxt  <-  mtdnet  <-  tools      (tests on top)
 
 No cycles, no production code importing tests, no module reaching into another
 module's private names, and (outside the thin tools/) no imports of our own
@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-from spec import REPO_ROOT
+from core import REPO_ROOT
 
-ORDER = ("spec", "data_prep", "layers", "prototxt", "mtdnet", "tools")
+ORDER = ("core", "data_prep", "layers", "prototxt", "mtdnet", "tools")
 OURS = ORDER + ("tests",)
 
 
@@ -82,7 +82,7 @@ def test_tools_are_thin():
         assert lines <= 80, f"{path}: {lines} lines of functions; move the logic into a package"
 
 
-LIBRARY = ("spec", "data_prep", "layers", "prototxt", "mtdnet")
+LIBRARY = ("core", "data_prep", "layers", "prototxt", "mtdnet")
 
 
 @pytest.mark.parametrize("package", LIBRARY)
@@ -98,7 +98,7 @@ def test_the_library_never_runs_our_make_or_tools(package):
         assert not words, f"{path}:{words[0].lineno}: runs {words[0].value!r} (call the library instead)"
 
 
-@pytest.mark.parametrize("cls", ["spec.datasets:DatasetSpec", "spec.variants:Variant", "spec.profiles:Profile"])
+@pytest.mark.parametrize("cls", ["core.datasets:DatasetSpec", "core.variants:Variant", "core.profiles:Profile"])
 def test_every_registry_field_is_read_by_some_code(cls):
     """A field of a registry entry that no production code reads is a setting that does nothing."""
     import dataclasses

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spec import REPO_ROOT, MtdnetError
+from core import REPO_ROOT, MtdnetError
 from mtdnet import cmc as E
 from mtdnet import caffelog, plots
 from tests.helpers import run_caffe

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from spec import MtdnetError
+from core import MtdnetError
 from mtdnet import cmc as E
 from mtdnet import trials as P
 

@@ -1,4 +1,4 @@
-"""The experiment's vocabulary (spec/): registries, Split, Run, profiles and their overrides.
+"""The experiment's vocabulary (core/): registries, Split, Run, profiles and their overrides.
 
 A toy dataset and a toy variant (tests/toy_registry.py) are registered here and run
 through data preparation, the generator, training, evaluation and the report:
@@ -15,7 +15,7 @@ import pytest
 from data_prep.build import SplitOptions, prepare
 from mtdnet import evaluate, report, training
 from prototxt import generate, nets
-from spec import (PROFILES, REPO_ROOT, DatasetSpec, DataSpec, MtdnetError, Project, Run, Split, Variant,
+from core import (PROFILES, REPO_ROOT, DatasetSpec, DataSpec, MtdnetError, Project, Run, Split, Variant,
                   datasets, get_dataset, get_profile, variants)
 from tests import fixtures as F
 from tests import toy_registry

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spec import REPO_ROOT, MtdnetError
+from core import REPO_ROOT, MtdnetError
 from mtdnet import cmc, plots
 from mtdnet import report as R
 

@@ -11,10 +11,10 @@ import os
 import numpy as np
 import pytest
 
-from spec import MtdnetError
+from core import MtdnetError
 from mtdnet import scoring
 from tests.helpers import PROFILE, deploy_file, make_model, prepare_synthetic, save_deploy_model
-from spec.profiles import get_profile
+from core.profiles import get_profile
 
 
 

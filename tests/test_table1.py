@@ -8,8 +8,8 @@ import pytest
 
 import data_prep.datasets
 from mtdnet import models, table1
-from spec import REPO_ROOT, Run, get_profile, variants
-from spec.fsutil import atomic_write_json
+from core import REPO_ROOT, Run, get_profile, variants
+from core.fsutil import atomic_write_json
 from tests import fixtures as F
 
 CUHK03_PAIRS = [843, 440, 77]

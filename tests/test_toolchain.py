@@ -10,7 +10,7 @@ import pytest
 
 import caffe
 
-from spec import REPO_ROOT
+from core import REPO_ROOT
 from tests.helpers import make_image_lmdb, run_caffe, toy_net_text, toy_solver_text
 
 N, S, OUT = 4, 5, 3

@@ -10,7 +10,7 @@ import pytest
 
 from data_prep.build import SplitOptions, prepare
 from prototxt.weights import read_caffemodel
-from spec import REPO_ROOT, MtdnetError, Project, get_profile
+from core import REPO_ROOT, MtdnetError, Project, get_profile
 from tests import fixtures
 from tests.helpers import PROFILE, caffenet_like, train_run
 

@@ -16,7 +16,7 @@ import pytest
 import caffe
 from caffe.proto import caffe_pb2
 
-from spec import REPO_ROOT, MtdnetError, Run, get_profile
+from core import REPO_ROOT, MtdnetError, Run, get_profile
 from prototxt import generate, weights
 from tests.helpers import caffenet_like, make_reid_data, run_caffe
 

@@ -25,7 +25,7 @@ from mtdnet.cli import cli_main
 
 def main(argv=None):
     from mtdnet import bench
-    from spec import datasets
+    from core import datasets
     d = bench.Settings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", help=f"comma-separated, from: {', '.join(bench.PARTS)} (default: all)")

@@ -33,7 +33,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     from mtdnet import plots
-    from spec.fsutil import read_json
+    from core.fsutil import read_json
     a = parse_args(argv)
     names = [os.path.basename(os.path.normpath(r)) for r in a.runs]
     if a.cmc:

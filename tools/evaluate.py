@@ -24,7 +24,7 @@ def main(argv=None):
     from mtdnet import evaluate as E
     from mtdnet.scoring import PAIR_SCORERS
     from mtdnet.trials import PROTOCOLS
-    from spec import Split
+    from core import Split
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_args(ap, split_help="paper, val, random<k>, or random = every random<k> run present "
                                        "(and their mean)")

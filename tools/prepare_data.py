@@ -38,7 +38,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     from data_prep.build import SplitOptions, prepare
-    from spec import get_dataset, get_profile
+    from core import get_dataset, get_profile
     a = parse_args(argv)
     dataset = get_dataset(a.dataset, images=a.cuhk03_images) if a.cuhk03_images else get_dataset(a.dataset)
     syn = {"num_ids": a.synthetic_ids, "num_test": a.synthetic_test, "seed": a.synthetic_seed}

@@ -14,7 +14,7 @@ from mtdnet.cli import cli_main
 
 
 def main(argv=None):
-    from spec import REPO_ROOT
+    from core import REPO_ROOT
     from mtdnet.report import build_report
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs-dir", default=os.path.join(REPO_ROOT, "runs"),

@@ -14,7 +14,7 @@ from mtdnet.cli import DEFAULTS, add_flag, cli_main
 
 def main(argv=None):
     from mtdnet import table1
-    from spec import PROFILES
+    from core import PROFILES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=DEFAULTS["PROFILE"],
                     help=f"one of {', '.join(PROFILES)} (default {DEFAULTS['PROFILE']})")

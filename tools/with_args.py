@@ -7,13 +7,13 @@ appends the value of $ARG_TRAIN_ARGS (the Makefile puts make's TRAIN_ARGS
 there, as typed), split into words as a shell splits them: quotes group words
 ('--data-dir "/my data"'), and nothing in it is expanded or run. The command
 then replaces this process (same pid, signals and exit status). NAME `-` appends
-nothing. Started by make (MTDNET_MAKE_PID), the command dies with make: see spec/proc.py.
+nothing. Started by make (MTDNET_MAKE_PID), the command dies with make: see core/proc.py.
 """
 import os
 import shlex
 import sys
 
-from spec.proc import die_with_make
+from core.proc import die_with_make
 
 
 def main():

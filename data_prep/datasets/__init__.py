@@ -1,14 +1,14 @@
-"""Dataset readers, one module per dataset, found through spec's dataset registry.
+"""Dataset readers, one module per dataset, found through core's dataset registry.
 
 A reader module has NAME and read(root, **options) -> records.Dataset; its
-registry entry (spec/datasets.py) names the module, the default folder and the
+registry entry (core/datasets.py) names the module, the default folder and the
 options. Adding a dataset = its reader module + one registry entry.
 """
 import importlib
 import os
 
-from spec import MtdnetError, Project, get_dataset
-from spec.datasets import DATASETS_DIR
+from core import MtdnetError, Project, get_dataset
+from core.datasets import DATASETS_DIR
 
 
 def get_reader(dataset):

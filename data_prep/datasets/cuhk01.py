@@ -8,7 +8,7 @@ CUHK01half), each with the test identities the authors recorded.
 import os
 import re
 
-from spec import MtdnetError
+from core import MtdnetError
 from data_prep.records import (Dataset, Facts, Record, check_both_cameras,
                                files_with_ext, find_image_dir, paper_split)
 

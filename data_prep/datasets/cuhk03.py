@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 import scipy.io
 
-from spec import MtdnetError
+from core import MtdnetError
 from data_prep.records import (SPLITS_DIR, Dataset, Facts, ImageProtocol, Record, check_both_cameras,
                                paper_split, require_dir)
 

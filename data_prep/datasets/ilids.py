@@ -8,7 +8,7 @@ training person form a positive pair (Facts.cameras_known = False).
 import os
 import re
 
-from spec import MtdnetError
+from core import MtdnetError
 from data_prep.records import (GALLERY_CAMERA, PROBE_CAMERA, Dataset, Facts, Record,
                                files_with_ext, find_image_dir, paper_split)
 

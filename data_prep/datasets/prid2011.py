@@ -7,7 +7,7 @@ other people (person id 10000 + N here) and not used by the protocol.
 import os
 import re
 
-from spec import MtdnetError
+from core import MtdnetError
 from data_prep.records import (Dataset, Facts, Record, check_both_cameras,
                                files_with_ext, paper_split, require_dir)
 

@@ -6,7 +6,7 @@ Camera A gives the probes, camera B the gallery.
 import os
 import re
 
-from spec import MtdnetError
+from core import MtdnetError
 from data_prep.records import (Dataset, Facts, Record, check_both_cameras,
                                files_with_ext, paper_split, require_dir)
 

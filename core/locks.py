@@ -15,7 +15,7 @@ import fcntl
 import os
 import time
 
-from spec.errors import MtdnetError
+from core.errors import MtdnetError
 
 # Tries to read the holder's pid while it is still writing it.
 PID_READ_TRIES = 20

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 
-from spec import MtdnetError
+from core import MtdnetError
 
 
 def _umask():

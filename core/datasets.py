@@ -13,8 +13,8 @@ import dataclasses
 import itertools
 import os
 
-from spec.errors import REPO_ROOT, MtdnetError
-from spec.profiles import unknown
+from core.errors import REPO_ROOT, MtdnetError
+from core.profiles import unknown
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,8 @@ nets.register_train_net) + one `register(Variant(...))` here.
 """
 import dataclasses
 
-from spec.errors import MtdnetError
-from spec.profiles import unknown
+from core.errors import MtdnetError
+from core.profiles import unknown
 
 SCORE_KINDS = {
     "pair": "mean softmax P(same) over 8 passes (probe, gallery each original or mirrored; "

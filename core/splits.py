@@ -11,7 +11,7 @@
 import dataclasses
 import re
 
-from spec.errors import MtdnetError
+from core.errors import MtdnetError
 
 KINDS = ("paper", "val", "random", "testsets", "new")
 HELP = "paper | val | random | random<k> | testsets | testsets<k> | new (the last three CUHK03 only)"

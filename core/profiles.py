@@ -10,7 +10,7 @@ the data directory) with them, so tuning needs no profile of its own.
 """
 import dataclasses
 
-from spec.errors import MtdnetError
+from core.errors import MtdnetError
 
 # Fields that change what `make data` writes (image size, triplets, split seed):
 # overriding one gives the data directory its own name.
@@ -53,7 +53,7 @@ class Profile:
     # VIPeR, i-LIDS and PRID2011, 7 for CUHK01: 7 leaves enough for every target).
     aug_triplets_per_pair: int = 50
     source_triplets_per_pair: int = 7
-    # The release's per-variant solver exceptions (spec/variants.py: MTDnet-rnk trains
+    # The release's per-variant solver exceptions (core/variants.py: MTDnet-rnk trains
     # PRID2011 at lr 1e-3 and VIPeR for the long schedule); kept where the profile is the paper's.
     release_solver_exceptions: bool = True
     seed: int = 1701              # solver random_seed, data shuffling, negatives

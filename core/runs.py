@@ -20,11 +20,11 @@ import re
 import shlex
 import sys
 
-from spec.datasets import Dataset, get_dataset, names as dataset_names, source_dataset
-from spec.errors import REPO_ROOT, MtdnetError
-from spec.profiles import Profile, get_profile
-from spec.splits import PAPER, Split
-from spec.variants import Variant, get_variant
+from core.datasets import Dataset, get_dataset, names as dataset_names, source_dataset
+from core.errors import REPO_ROOT, MtdnetError
+from core.profiles import Profile, get_profile
+from core.splits import PAPER, Split
+from core.variants import Variant, get_variant
 
 MEAN = "random-mean"     # results averaged over random<k> splits
 
