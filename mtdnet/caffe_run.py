@@ -51,7 +51,7 @@ def snapshots(prefix, ext="caffemodel"):
                   key=snapshot_iter)
 
 
-def _model_of(state):
+def model_of(state):
     return state[:-len("solverstate")] + "caffemodel"
 
 
@@ -65,7 +65,7 @@ def latest_snapshot(prefix, ext="solverstate"):
     """
     found = snapshots(prefix, ext)
     if ext == "solverstate":
-        found = [p for p in found if os.path.exists(_model_of(p))]
+        found = [p for p in found if os.path.exists(model_of(p))]
     return max(found, key=snapshot_iter) if found else None
 
 
@@ -94,7 +94,7 @@ def check_snapshot(state, cwd=None):
     state.history_size() == history_.size()") without saying which file."""
     from caffe.proto import caffe_pb2
     from google.protobuf.message import DecodeError
-    model = _model_of(state)
+    model = model_of(state)
     st, net = caffe_pb2.SolverState(), caffe_pb2.NetParameter()
     for path, msg, what in ((state, st, "solver state"), (model, net, "model")):
         try:

@@ -11,7 +11,14 @@ SELECT=1`, else its last) with what makes it trustworthy beside it:
 
 Later stages (fine-tuning, `make table1`) start from it without retraining; reproducing it
 is the run's `make train` and `make eval SELECT=1` commands, recorded in its README.md.
+
+A run too long for one working session is kept as a resume pair instead,
+models/resume/<run name>/: its newest snapshot pair (.caffemodel + .solverstate), run.json,
+the gzipped train.log and SHA256SUMS. `make train` of that run on a machine without its
+runs/ folder continues from it (mtdnet.training), so a later session picks up where the
+last one stopped rather than starting over.
 """
+import gzip
 import hashlib
 import os
 import shutil
@@ -84,9 +91,10 @@ def _ours(folder):
     return set(os.listdir(folder)) <= listed | {SUMS, "README.md"}
 
 
-def published(run):
-    """The published model of `run` (checked against SHA256SUMS), or None when there is none."""
-    d = model_dir(run)
+def published(run, d=None):
+    """The published model of `run` (checked against SHA256SUMS), or None when there is none;
+    d: another folder of that form (a resume pair)."""
+    d = d or model_dir(run)
     sums = os.path.join(d, SUMS)
     if not os.path.isfile(sums):
         return None
@@ -100,3 +108,54 @@ def published(run):
             if name.endswith(".caffemodel"):
                 model = path
     return model
+
+
+def resume_dir(run):
+    return os.path.join(run.project.models_dir, "resume", run.name)
+
+
+def publish_resume(run):
+    """Keep the run's newest good snapshot pair, run.json and gzipped train.log in
+    models/resume/<run name>/ (replacing an older pair as a whole)."""
+    state = caffe_run.good_snapshot(run.snapshot_prefix, run.project.root)
+    if not state:
+        raise MtdnetError(f"{run.snapshot_prefix}_iter_*.solverstate: no complete snapshot pair to keep")
+    model = caffe_run.model_of(state)
+    out = resume_dir(run)
+    with atomic_dir(out, guard=(_ours, "a resume pair", "Move your own files out of it first.")) as tmp:
+        names = [os.path.basename(state), os.path.basename(model), "run.json"]
+        for src, name in zip((state, model, run.info), names):
+            shutil.copyfile(src, os.path.join(tmp, name))
+        if os.path.exists(run.log):
+            with open(run.log, "rb") as f, gzip.open(os.path.join(tmp, "train.log.gz"), "wb") as g:
+                shutil.copyfileobj(f, g)
+            names.append("train.log.gz")
+        atomic_write_text(os.path.join(tmp, "README.md"),
+                          f"# {run.name}: resume pair\n\nIteration {caffe_run.snapshot_iter(state)} of a run "
+                          f"still training. `{run.commands()[0]} ITERS=<n>` on a machine without "
+                          f"{run.project.rel(run.dir)}/ continues from it; check the files with "
+                          f"`sha256sum -c {SUMS}`.\n")
+        atomic_write_text(os.path.join(tmp, SUMS), "".join(f"{sha256(os.path.join(tmp, n))}  {n}\n"
+                                                             for n in names + ["README.md"]))
+    return out
+
+
+def restore_resume(run):
+    """Copy a kept resume pair into the run's folder (checked against SHA256SUMS): returns the
+    restored .solverstate and the run.json dict, or (None, {}) when there is none."""
+    d = resume_dir(run)
+    sums = os.path.join(d, SUMS)
+    if not os.path.isfile(sums):
+        return None, {}
+    with open(sums) as f:
+        names = [line.split()[1] for line in f if line.strip()]
+    published(run, d)   # every file as recorded
+    state = next(n for n in names if n.endswith(".solverstate"))
+    os.makedirs(run.snapshot_dir, exist_ok=True)
+    for n in names:
+        if n.endswith((".solverstate", ".caffemodel")):
+            shutil.copyfile(os.path.join(d, n), os.path.join(run.snapshot_dir, n))
+    if "train.log.gz" in names:
+        with gzip.open(os.path.join(d, "train.log.gz"), "rb") as g, open(run.log, "wb") as f:
+            shutil.copyfileobj(g, f)
+    return os.path.join(run.snapshot_dir, state), read_json(os.path.join(d, "run.json"), "run record")

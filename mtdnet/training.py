@@ -19,7 +19,7 @@ from google.protobuf import text_format
 
 from data_prep import build
 from data_prep.datasets import raw_present
-from mtdnet import caffe_run
+from mtdnet import caffe_run, models
 from mtdnet.caffe_speed import add_compute
 from mtdnet.gpu import require_gpu_build
 from mtdnet.plots import plot_loss_curve
@@ -216,6 +216,13 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
     with exclusive(run.dir, "make train", label=rel_dir) as lock:
         info = read_json(run.info, "run record") if os.path.exists(run.info) else {}
         state = None if restart else caffe_run.good_snapshot(run.snapshot_prefix, project.root)
+        if not restart and not state and not os.path.exists(run.dir):
+            # A run kept in models/resume/ by an earlier session continues from there.
+            state, kept = models.restore_resume(run)
+            if state:
+                info = kept
+                print(f"{rel_dir}: restored the kept snapshot pair {project.rel(models.resume_dir(run))} "
+                      f"(iteration {caffe_run.snapshot_iter(state)})")
         aside = None
         if restart:
             aside = set_aside(run)

@@ -7,10 +7,11 @@ import sys
 import pytest
 
 import data_prep.datasets
-from mtdnet import models, table1
-from core import REPO_ROOT, Run, get_profile, variants
+from mtdnet import models, table1, training
+from core import REPO_ROOT, Project, Run, get_profile, variants
 from core.fsutil import atomic_write_json
 from tests import fixtures as F
+from tests.helpers import prepare_synthetic
 
 CUHK03_PAIRS = [843, 440, 77]
 
@@ -191,3 +192,27 @@ def test_a_variant_registered_once_is_in_the_plan(shared):
                  "CUHK01: train MTDnet-half (cuhk03detected)", "CUHK01: evaluate MTDnet-half (cuhk03detected)"):
         assert step in what, step
     assert what.index("CUHK03 (detected): train MTDnet-half") > what.index("CUHK01: train MTDnet-cross (cuhk03detected)")
+
+
+def test_a_kept_resume_pair_continues_on_a_machine_without_the_run(shared):
+    """A run too long for one session: its newest snapshot pair kept in models/resume/<run>/
+    (committed), the runs/ folder gone (a fresh machine); the same make train continues."""
+    prepare_synthetic(str(shared / "syn"))
+    project = Project(data_dir=str(shared / "syn" / "data"), runs_dir=str(shared / "runs"),
+                      models_dir=str(shared / "models"))
+    run = Run.create("synthetic", "mtdnet", get_profile("tiny", ["snapshot=10"]), project=project)
+    first = training.train(run, iters=20, progress=False)
+    out = models.publish_resume(run)
+    assert sorted(os.listdir(out)) == ["README.md", "SHA256SUMS", "run.json", "synthetic_mtdnet_iter_20.caffemodel",
+                                       "synthetic_mtdnet_iter_20.solverstate", "train.log.gz"]
+    shutil.rmtree(run.dir)
+    info = training.train(run, iters=30, progress=False)
+    assert info["iterations"] == 30 and info["train_seconds"] > first["train_seconds"]
+    log = open(run.log).read()
+    assert "Resuming from" in log and log.count("### mtdnet:") == 2     # the kept log goes on
+    # A pair that is not what was kept is refused, not trained on.
+    shutil.rmtree(run.dir)
+    with open(os.path.join(out, "run.json"), "a") as f:
+        f.write(" ")
+    with pytest.raises(Exception, match="sha256 differs"):
+        training.train(run, iters=40, progress=False)
