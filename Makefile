@@ -47,7 +47,7 @@ help:
 	@echo "                  TRIALS=10 MODEL=<caffemodel> ON=val SELECT=1 SET= EVAL_ARGS=]"
 	@echo "make report     runs/report.md: Table 1 with our numbers beside the paper's [REPORT_ARGS=]"
 	@echo "make table1     every stage of the paper for the datasets present, resumable, then the report:"
-	@echo "                  PROFILE=scratch [GPU=1 WEIGHTS=<ImageNet caffemodel> DRY_RUN=1]"
+	@echo "                  PROFILE=scratch [GPU=1 WEIGHTS=<ImageNet caffemodel> DRY_RUN=1 SPLITS=random0,...]"
 	@echo "make prototxt   regenerate the committed prototxt/ and solvers/ (paper, scratch)"
 	@echo "make bench      speed and memory on this machine -> runs/bench/results.json [BENCH_ARGS=--quick]"
 	@echo "SET='field=value ...' overrides profile fields in data / train / eval (recorded, tags the run)"
@@ -104,11 +104,12 @@ report:
 	$(ACTIVATE) python tools/with_args.py REPORT_ARGS python tools/report.py
 
 # make table1 PROFILE=scratch [GPU=1] [WEIGHTS=<ImageNet caffemodel>] [DRY_RUN=1]: every stage of the
-#   paper for the datasets present (resumable), then make report; DRY_RUN=1 prints the plan and its times
+#   paper for the datasets present (resumable), then make report; DRY_RUN=1 prints the plan and its times;
+#   SPLITS=random0,random1,random2 also trains and evaluates each target's MTDnet on those splits
 table1:
 	$(NEED_VENV)
 	$(ACTIVATE) python tools/with_args.py TABLE1_ARGS python tools/table1.py $(call opt,--profile,PROFILE) \
-	  $(call opt,--weights,WEIGHTS) $(call flag,--gpu,GPU) $(call flag,--dry-run,DRY_RUN)
+	  $(call opt,--weights,WEIGHTS) $(call flag,--gpu,GPU) $(call flag,--dry-run,DRY_RUN) $(call opt,--splits,SPLITS)
 
 # make bench [BENCH_ARGS="--parts caffe,scoring --blocks paper=8x8 ..."]: runs/bench/results.json (tools/bench.py --help)
 bench:

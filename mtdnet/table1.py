@@ -30,7 +30,7 @@ from data_prep.datasets import default_root
 from mtdnet import caffe_run, models, training
 from mtdnet import evaluate as E
 from mtdnet.report import build_report, hours_minutes
-from core import MtdnetError, Project, Run, datasets, get_profile, variants
+from core import PAPER, MtdnetError, Project, Run, Split, datasets, get_profile, variants
 from core.fsutil import read_json
 
 # Probes x gallery images of each dataset's paper protocol (for the time estimates only).
@@ -151,6 +151,12 @@ def _iterations_done(run):
     return info.get("iterations") or 0
 
 
+def _label(run):
+    """' (tag, split)' of a run's steps: what sets it apart from the paper split's from-scratch run."""
+    bits = ([run.tag] if run.tag else []) + ([] if run.split.is_paper else [run.split.name])
+    return f" ({', '.join(bits)})" if bits else ""
+
+
 def _common(run):
     return [f"DATASET={run.dataset.name}", f"PROFILE={run.profile.name}", *run.make_options()]
 
@@ -185,9 +191,15 @@ def _weights_arg(weights):
     return shown
 
 
-def plan(profile, gpu=False, weights=None, project=None):
-    """(steps, notes): the stages for the datasets present, in order."""
+def plan(profile, gpu=False, weights=None, project=None, splits=()):
+    """(steps, notes): the stages for the datasets present, in order. splits: random<k>
+    splits on which each target's MTDnet is also trained (fine-tuned and from scratch) and
+    evaluated, their mean reported beside the paper split's number."""
     prof = get_profile(profile)
+    splits = [Split.parse(x) for x in splits]
+    bad = [str(x) for x in splits if x.kind != "random" or x.index is None]
+    if bad:
+        raise MtdnetError(f"SPLITS takes random<k> names (e.g. random0,random1,random2), got {', '.join(bad)}")
     project = project or Project()
     iter_s = prof.seconds_per_iter
     bars = sys.stderr.isatty()
@@ -211,8 +223,7 @@ def plan(profile, gpu=False, weights=None, project=None):
 
         def train(restart, run=run):
             training.train(run, weights=weights() if callable(weights) else weights, gpu=gpu, restart=restart)
-        steps.append(Step(f"{run.dataset.title}: train {run.train_variant.title}"
-                          + (f" ({run.tag})" if run.tag else ""),
+        steps.append(Step(f"{run.dataset.title}: train {run.train_variant.title}{_label(run)}",
                           ["train", *_common(run), f"VARIANT={run.train_variant.key}", *init_args, *source, *gpu_arg],
                           (its if redo and redo() else max(its - _iterations_done(run), 0)) * run.seconds_per_iter,
                           trained, redo, train))
@@ -231,14 +242,16 @@ def plan(profile, gpu=False, weights=None, project=None):
                     E.select_snapshot(r, ev, progress=bars)
                 else:
                     E.evaluate(r, ev, progress=bars)
-            steps.append(Step(f"{r.dataset.title}: evaluate {v.title}" + (f" ({run.tag})" if run.tag else ""),
+            steps.append(Step(f"{r.dataset.title}: evaluate {v.title}{_label(run)}",
                               ["eval", *_common(r), f"VARIANT={v.key}"] + (["SELECT=1"] if select else [])
                               + gpu_arg, secs * evals, _evaluated(r, trained, run if publishable else None),
                               act=evaluate))
 
-    def data_step(d, seconds):
-        steps.append(Step(f"{d.title}: prepare the data", ["data", f"DATASET={d.name}", f"PROFILE={prof.name}"],
-                          seconds, None, act=lambda restart: prepare(d, prof, "paper", project=project,
+    def data_step(d, seconds, split=PAPER):
+        steps.append(Step(f"{d.title}: prepare the data" + ("" if split.is_paper else f" ({split})"),
+                          ["data", f"DATASET={d.name}", f"PROFILE={prof.name}"]
+                          + ([] if split.is_paper else [f"SPLIT={split}"]),
+                          seconds, None, act=lambda restart: prepare(d, prof, split, project=project,
                                                                      progress=bars)))
 
     # The stages come from the variant registry: MTDnet (the principal variant) on the source,
@@ -279,6 +292,29 @@ def plan(profile, gpu=False, weights=None, project=None):
     for d in present if src is not None else []:
         for v in single:
             fine_tune(fine_tuned[d.name][v.key])
+    # Numbers that generalise: the principal variant on random splits, each evaluated, then
+    # the mean over them (the report's "mean of N random splits" rows).
+    scored = [principal] + [x for x in variants.REGISTRY.values() if x.trains == principal.key and x is not principal]
+    for d in present if splits else []:
+        kinds = ([fine_tuned[d.name][principal.key]] if src is not None else []) + \
+            [Run.create(d, principal, prof, project=project)]
+        for split in splits:
+            data_step(d, 30, split)
+            for base in kinds:
+                r = base.with_split(split)
+                if r.tag:
+                    fine_tune(r)
+                else:
+                    train_eval(r, None, select=False)
+        for base in kinds:
+            for v in scored:
+                r = base.with_variant(v.key)
+                names = ",".join(x.name for x in splits)
+                steps.append(Step(f"{d.title}: {v.title} mean over {names}{_label(r)}",
+                                  ["eval", *_common(r), f"VARIANT={v.key}", f"SPLITS={names}"], 5, None,
+                                  act=lambda restart, r=r: E.evaluate_splits(r, splits, E.Evaluation(gpu=gpu),
+                                                                             combine_only=True)))
+
     def report(restart):
         _, written = build_report(project.runs_dir)
         print("wrote " + ", ".join(project.rel(p) for p in written))

@@ -216,3 +216,19 @@ def test_a_kept_resume_pair_continues_on_a_machine_without_the_run(shared):
         f.write(" ")
     with pytest.raises(Exception, match="sha256 differs"):
         training.train(run, iters=40, progress=False)
+
+
+def test_splits_add_each_targets_random_split_runs_and_their_mean(shared):
+    F.write_cuhk01(str(shared / "datasets" / "CUHK01"), [1, 2])
+    steps, _ = table1.plan("scratch", splits=["random0", "random1"])
+    cmds = {s.what: " ".join(s.command(resolve=False)) for s in steps}
+    assert "SPLIT=random1 TAG=cuhk03detected VARIANT=mtdnet" in cmds["CUHK01: train MTDnet (cuhk03detected, random1)"]
+    assert "WEIGHTS=<cuhk03detected-mtdnet-scratch" in cmds["CUHK01: train MTDnet (cuhk03detected, random1)"]
+    assert "WEIGHTS" not in cmds["CUHK01: train MTDnet (random0)"]
+    assert cmds["CUHK01: MTDnet-trp mean over random0,random1 (cuhk03detected)"].endswith(
+        "TAG=cuhk03detected VARIANT=trp SPLITS=random0,random1")
+    what = [s.what for s in steps]
+    assert what.index("CUHK01: prepare the data (random0)") < what.index("CUHK01: train MTDnet (random0)") \
+        < what.index("CUHK01: MTDnet mean over random0,random1") < what.index("Table 1: the report")
+    with pytest.raises(Exception, match="SPLITS takes random<k> names"):
+        table1.plan("scratch", splits=["paper"])
