@@ -123,17 +123,22 @@ def train_cli(data, runs, *extra):
             "--runs-dir", str(runs), *extra]
 
 
-def start_training(data, runs, *extra):
-    """make train of the tiny synthetic MTDnet run under `runs`, until a signal; waits until
-    Caffe trains. Returns (driver Popen, Caffe's pid, run dir)."""
-    p = subprocess.Popen(train_cli(data, runs, "--iters", str(BIG), *extra), cwd=REPO_ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_command(argv, runs, env=None):
+    """Start a command that trains the tiny synthetic MTDnet run under `runs`, until a signal;
+    waits until Caffe trains. Returns (Popen, the driver's pid, Caffe's pid, run dir)."""
+    p = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     run = os.path.join(runs, "synthetic-mtdnet-tiny")
     log = os.path.join(run, "train.log")
     assert wait_for(lambda: os.path.exists(log) and "Iteration 10," in open(log).read(), 120), \
         p.stderr.read() if p.poll() is not None else "no progress"
     with open(lock_path(run)) as f:
         driver, caffe = [int(x) for x in f.read().split()]
+    return p, driver, caffe, run
+
+
+def start_training(data, runs, *extra):
+    """tools/train.py (the driver itself): (driver Popen, Caffe's pid, run dir)."""
+    p, driver, caffe, run = start_command(train_cli(data, runs, "--iters", str(BIG), *extra), runs)
     assert driver == p.pid
     return p, caffe, run
 
@@ -292,16 +297,9 @@ def test_kill_9_of_the_driver_stops_caffe_with_a_snapshot(data, tmp_path):
 
 def test_kill_9_of_make_stops_the_driver_and_caffe_with_a_snapshot(data, tmp_path):
     runs = tmp_path / "runs"
-    p = subprocess.Popen(["make", "-s", "train", "PROFILE=tiny", f"ITERS={BIG}",
-                          f"TRAIN_ARGS=--data-dir {data} --runs-dir {runs} --no-progress"],
-                         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, MAKEFLAGS=""))
-    run = os.path.join(runs, "synthetic-mtdnet-tiny")
-    log = os.path.join(run, "train.log")
-    assert wait_for(lambda: os.path.exists(log) and "Iteration 10," in open(log).read(), 120), \
-        p.stderr.read() if p.poll() is not None else "no progress"
-    with open(lock_path(run)) as f:
-        driver, caffe = [int(x) for x in f.read().split()]
+    p, driver, caffe, run = start_command(["make", "-s", "train", "PROFILE=tiny", f"ITERS={BIG}",
+                                           f"TRAIN_ARGS=--data-dir {data} --runs-dir {runs} --no-progress"],
+                                          runs, env=dict(os.environ, MAKEFLAGS=""))
     assert driver != p.pid and alive(driver)       # make -> the driver (exec'd by the recipe) -> Caffe
     p.kill()                                       # kill -9 of make itself: it cannot stop its children
     p.communicate()
