@@ -26,7 +26,7 @@ import sys
 import time
 
 from data_prep.build import prepare
-from data_prep.datasets import default_root
+from data_prep.datasets import default_root, raw_present
 from mtdnet import caffe_run, models, training
 from mtdnet import evaluate as E
 from mtdnet.report import build_report, hours_minutes
@@ -64,18 +64,9 @@ class Step:
 
 
 def source_dataset_present():
-    """The source dataset to train on: CUHK03's labeled images (the protocol's) when its raw data
-    holds them, else its detected images; None when neither is here."""
-    src = datasets.source_dataset()
-    root = default_root(src)
-    if not os.path.isdir(root):
-        return None
-    has_mat = any(os.path.isfile(os.path.join(root, *p)) for p in (("cuhk-03.mat",), ("cuhk03_release", "cuhk-03.mat")))
-    if has_mat or os.path.isdir(os.path.join(root, "images_labeled")):
-        return src
-    if os.path.isdir(os.path.join(root, "images_detected")):
-        return datasets.get_dataset(src.key, images="detected")
-    return None
+    """The source dataset to train on: the first registered source dataset whose raw data is
+    here (CUHK03's labeled images, the protocol's, before its detected ones); None when none is."""
+    return next((d for d in map(datasets.get_dataset, datasets.names()) if d.spec.source and raw_present(d)), None)
 
 
 def targets_present():
@@ -85,7 +76,7 @@ def targets_present():
         d = datasets.get_dataset(key)
         if d.spec.source:
             continue
-        (present if os.path.isdir(default_root(d)) else absent).append(d)
+        (present if raw_present(d) else absent).append(d)
     return present, absent
 
 
