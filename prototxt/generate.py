@@ -49,24 +49,44 @@ def _net_text(n, name, lines):
     return _comment(lines + [GENERATED_BY]) + text_format.MessageToString(proto)
 
 
+def _files(d, rel):
+    return rel(d.lmdb), rel(d.triplets)
+
+
+def _target_only(run, rel):
+    return _files(run.data, rel), None, ""
+
+
+def _mixed(run, rel):
+    # The release's MTDnet-aug (BuildAugData_VIPeR.py:31, 100, 208): the target's triplets at
+    # 50 per pair and the source's, cut to the same count, shuffled together.
+    t, s = run.data, run.source_data
+    return ([rel(t.lmdb), rel(s.lmdb)], [rel(t.mix_triplets), rel(s.mix_triplets)]), None, ""
+
+
+def _separate(run, rel):
+    return (_files(run.data, rel), _files(run.source_data, rel),
+            "Target copy: MTDnet's layer names; frozen source copy (CUHK03): names + _src.")
+
+
+# What a train net reads, by the variant's use of the source (core.variants.SOURCE_USES):
+# (target data, source data, a header line).
+SOURCE_READS = {None: _target_only, "mixed": _mixed, "separate": _separate}
+
+
 def train_net_text(run, batch=None):
     """The train net of a spec.Run (its train variant's), data paths relative to the project."""
     prof, tv = run.profile, run.train_variant
     batch = prof.batch_triplets if batch is None else batch
     if batch < 1:
         raise MtdnetError(f"batch must be >= 1 triplet, got {batch}")
+    try:
+        read = SOURCE_READS[tv.source]
+    except KeyError:
+        raise MtdnetError(f"variant '{tv.key}': source {tv.source!r}; valid: {', '.join(map(str, SOURCE_READS))}") \
+            from None
     rel = run.project.rel
-
-    def files(d):
-        return rel(d.lmdb), rel(d.triplets)
-    target, source = files(run.data), None
-    if tv.source == "mixed":
-        # The release's MTDnet-aug (BuildAugData_VIPeR.py:31, 100, 208): the target's triplets at
-        # 50 per pair and the source's, cut to the same count, shuffled together.
-        t, s = run.data, run.source_data
-        target = ([rel(t.lmdb), rel(s.lmdb)], [rel(t.mix_triplets), rel(s.mix_triplets)])
-    elif tv.source == "separate":
-        source = files(run.source_data)
+    target, source, note = read(run, rel)
     n = nets.train_net(tv, prof, batch, target, source)
     g = nets.geometry(prof)
     lines = [f"{tv.title} train net: dataset {run.dataset.name}, profile {prof.name}{prof.tag}, "
@@ -74,8 +94,7 @@ def train_net_text(run, batch=None):
              f"Input {prof.input_size}x{prof.input_size} BGR 0..255; norm2 {prof.conv2}x{g['norm2']}x{g['norm2']}; "
              f"pairs {2 * prof.conv2}x{g['norm2']}x{g['norm2']}.",
              "Reads " + " and ".join(f"{rel(d.dir)}/" for d in run.all_data) + f"; data seed {prof.seed}."]
-    if tv.source == "separate":
-        lines.append("Target copy: MTDnet's layer names; frozen source copy (CUHK03): names + _src.")
+    lines += [note] if note else []
     return _net_text(n, f"mtdnet_{tv.key}_{run.dataset.name}_{prof.name}", lines)
 
 
