@@ -142,28 +142,44 @@ def check_finetune_source(run, weights):
 INIT_KINDS = ("scratch", "imagenet", "finetune", "two_copies")
 
 
+def _fillers(run):
+    return None, "scratch (fillers)", "scratch"
+
+
+def _needs_an_mtdnet_model(run):
+    src = run.with_variant("mtdnet")
+    src = dataclasses.replace(src, dataset=run.source_data.dataset, split=run.source_split)
+    raise MtdnetError(f"{run.variant.title} starts from a {src.dataset.title} MTDnet model: pass "
+                      f"WEIGHTS=<{src.dataset.title} model> (e.g. "
+                      f"{run.project.rel(src.snapshot_prefix)}_iter_N.caffemodel)")
+
+
+def _fine_tuned(run, weights, shown):
+    check_finetune_source(run, weights)
+    return weights, f"fine-tuned from {shown}", "finetune"
+
+
+def _both_copies(run, weights, shown):
+    W.init_cross_from_mtdnet(weights, run.train_net, run.init_model)
+    return run.init_model, f"both copies from the MTDnet model {shown}", "two_copies"
+
+
+# A variant's initialisation rule (core.variants.INIT_RULES): without WEIGHTS, and from a model
+# of ours (an ImageNet model is the same for every rule: its layers copied by name).
+WITHOUT_WEIGHTS = {"finetune": _fillers, "two_copies": _needs_an_mtdnet_model}
+FROM_OUR_MODEL = {"finetune": _fine_tuned, "two_copies": _both_copies}
+
+
 def initial_weights(run, weights):
     """(caffemodel to pass to -weights or None, description of the initialisation, INIT_KINDS)."""
     if weights is None:
-        if run.variant.init == "two_copies":
-            src = run.with_variant("mtdnet")
-            src = dataclasses.replace(src, dataset=run.source_data.dataset, split=run.source_split)
-            raise MtdnetError(f"{run.variant.title} starts from a {src.dataset.title} MTDnet model: pass "
-                              f"WEIGHTS=<{src.dataset.title} model> (e.g. "
-                              f"{run.project.rel(src.snapshot_prefix)}_iter_N.caffemodel)")
-        return None, "scratch (fillers)", "scratch"
-    kind = model_kind(weights)
-    out = run.init_model
+        return WITHOUT_WEIGHTS[run.variant.init](run)
     shown = run.project.rel(weights)
-    if kind == "imagenet":
+    if model_kind(weights) == "imagenet":
         layers = run.train_variant.imagenet_layers
-        W.init_from_imagenet(weights, run.train_net, out, layers=layers)
-        return out, f"ImageNet {'/'.join(layers)} from {shown}", "imagenet"
-    if run.variant.init == "two_copies":
-        W.init_cross_from_mtdnet(weights, run.train_net, out)
-        return out, f"both copies from the MTDnet model {shown}", "two_copies"
-    check_finetune_source(run, weights)
-    return weights, f"fine-tuned from {shown}", "finetune"
+        W.init_from_imagenet(weights, run.train_net, run.init_model, layers=layers)
+        return run.init_model, f"ImageNet {'/'.join(layers)} from {shown}", "imagenet"
+    return FROM_OUR_MODEL[run.variant.init](run, weights, shown)
 
 
 def _same_weights(info, weights):

@@ -191,3 +191,11 @@ def test_cuhk03_detected_prepared_by_option_is_found_by_name(tmp_path):
 
 def test_split_options_key_the_build():
     assert SplitOptions(num_test=3).key() != SplitOptions().key()
+
+
+def test_every_rule_a_variant_may_name_has_its_one_implementation():
+    from mtdnet import training
+    assert set(training.WITHOUT_WEIGHTS) == set(training.FROM_OUR_MODEL) == set(variants.INIT_RULES)
+    assert set(generate.SOURCE_READS) == set(variants.SOURCE_USES)
+    assert {v.net for v in variants.trained_variants()} <= set(nets.TRAIN_NETS)
+    assert {v.deploy for v in variants.REGISTRY.values()} <= set(nets.DEPLOY_NETS)
