@@ -322,7 +322,7 @@ def _caffe_train_steps(net_path, tmp, name, iters, warmup, profile):
         f.write(text_format.MessageToString(solver))
     log_path = os.path.join(tmp, f"{name}.log")
     os.environ["GLOG_minloglevel"] = "0"      # the timing is read from Caffe's INFO lines
-    caffe_run.train(solver_path, log_path, solver.max_iter, solver.snapshot_prefix, resume=False,
+    caffe_run.train(solver_path, log_path, solver.max_iter, solver.snapshot_prefix, snapshot=None,
                     cwd=REPO_ROOT)
     with open(log_path) as f:
         log = f.read()

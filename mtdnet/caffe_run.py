@@ -205,12 +205,16 @@ class _Progress:
             self.bar = None
 
 
-def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True,
+NEWEST = "newest"
+
+
+def train(solver, log_path, max_iter, snapshot_prefix, weights=None, snapshot=NEWEST,
           progress=True, extra_args=(), cwd=None, caffe=None, lock=None, say=print):
     """Run `caffe train`; return the final iteration reached.
 
-    Resumes from the newest snapshot pair under `snapshot_prefix` that loads when
-    `resume`; otherwise starts from `weights` (a caffemodel) or the fillers.
+    snapshot: the .solverstate to resume from (the caller's choice), NEWEST (the newest pair
+    under `snapshot_prefix` that loads, chosen here), or None; without one it starts from
+    `weights` (a caffemodel) or the fillers.
     The whole Caffe log is appended to `log_path`. `caffe`: the binary
     (default: the venv's, spec.Project.caffe); `cwd`: where it runs (the project root);
     `lock`: a core.locks.Lock Caffe inherits, so the run stays locked while Caffe lives.
@@ -218,7 +222,7 @@ def train(solver, log_path, max_iter, snapshot_prefix, weights=None, resume=True
     cwd = cwd or Project().root
     say = _Say(say)
     args = [caffe or Project().caffe, "train", "-solver", solver, "-sighup_effect", "stop"]
-    state = good_snapshot(snapshot_prefix, cwd, say) if resume else None
+    state = good_snapshot(snapshot_prefix, cwd, say) if snapshot == NEWEST else snapshot
     start_iter = 0
     if state:
         start_iter = snapshot_iter(state)

@@ -291,7 +291,7 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
         it = None
         try:
             it = caffe_run.train(run.solver, run.log, max_iter, run.snapshot_prefix, weights=init_model,
-                                 progress=progress, cwd=project.root, caffe=project.caffe, lock=lock)
+                                 snapshot=state, progress=progress, cwd=project.root, caffe=project.caffe, lock=lock)
         finally:
             # Recorded however training ended (done, Ctrl-C, kill, an error): the time adds up
             # over resumed parts, the iterations are the newest snapshot's.
