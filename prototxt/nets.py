@@ -161,8 +161,9 @@ def _python(bottoms, module, layer, params, **kw):
                                                 param_str=json.dumps(params, sort_keys=True)), **kw)
 
 
-def trunk(n, bottom, s, d, profile, frozen, tag="pair"):
-    """conv1 .. norm2 / pool2 of one stream; s = stream suffix, d = copy suffix. Returns its top.
+def trunk(n, bottom, profile, *, s="", d="", frozen=False, tag="pair"):
+    """conv1 .. norm2 / pool2 of one stream; s = stream suffix, d = copy suffix (the frozen
+    source copy's "_src"), frozen: lr 0. Returns its top.
 
     MTDnet's trunk has CaffeNet's order (pool, then LRN: Nets/MTDnet/train_val.prototxt:123-141);
     MTDnet-rnk's (tag "rnk") AlexNet's (LRN, then pool: Nets/MTDnet-rnk/train_val.prototxt:141-159).
@@ -185,7 +186,7 @@ def trunk(n, bottom, s, d, profile, frozen, tag="pair"):
     return pool_and_norm(x, 2)
 
 
-def upper(n, bottom, tag, s, d, profile, frozen, out=2, stop_at_fc7=False):
+def upper(n, bottom, profile, *, tag, s="", d="", frozen=False, out=2, stop_at_fc7=False):
     """conv3 .. fc8 of CaffeNet: layer names <name>_pair<s><d> (the pair head), or for
     MTDnet-rnk CaffeNet's own names and fc8_rnk.
 
@@ -292,7 +293,7 @@ def mtdnet_body(n, data, profile, trp_weight, d="", frozen=False, order="blocked
     losses=False (the frozen source copy of MTDnet-cross): no ranking branch,
     and the head stops at fc7_pair, the only output the cross-domain loss uses.
     """
-    norms = [trunk(n, x, s, d, profile, frozen) for x, s in zip(data, STREAMS)]
+    norms = [trunk(n, x, profile, s=s, d=d, frozen=frozen) for x, s in zip(data, STREAMS)]
     if losses:
         feats = []
         for x, s in zip(norms, STREAMS):
@@ -302,7 +303,7 @@ def mtdnet_body(n, data, profile, trp_weight, d="", frozen=False, order="blocked
     pairs, labels = pair_regroup(n, norms, profile, batch, order, d)
     setattr(n, "pairs" + d, pairs)
     setattr(n, "pair_labels" + d, labels)
-    fc7, fc8 = upper(n, pairs, "pair", "", d, profile, frozen, stop_at_fc7=not losses)
+    fc7, fc8 = upper(n, pairs, profile, tag="pair", d=d, frozen=frozen, stop_at_fc7=not losses)
     if losses:
         # Labels come from a layer with a backward: say they take no gradient.
         n.cls_loss = L.SoftmaxWithLoss(fc8, labels, loss_weight=1, propagate_down=[True, False])
@@ -334,8 +335,8 @@ def rnk_net(profile, batch, seed, target, source=None):
     n = caffe.NetSpec()
     feats = []
     for x, s in zip(data_layer(n, target[0], target[1], batch, profile, seed), STREAMS):
-        pool2 = trunk(n, x, s, "", profile, False, tag="rnk")
-        feats.append(upper(n, pool2, "rnk", s, "", profile, False, out=profile.feat)[1])
+        pool2 = trunk(n, x, profile, s=s, tag="rnk")
+        feats.append(upper(n, pool2, profile, tag="rnk", s=s, out=profile.feat)[1])
     _triplet_loss(n, feats, profile, 1)
     return n
 
@@ -392,9 +393,9 @@ def pair_score_net(profile):
     _check(profile)
     n = caffe.NetSpec()
     x1, x2 = _inputs(n, ("data_1", "data_2"), profile)
-    norms = [trunk(n, x, s, "", profile, False) for x, s in zip((x1, x2), STREAMS)]
+    norms = [trunk(n, x, profile, s=s) for x, s in zip((x1, x2), STREAMS)]
     n.pairs = L.Concat(*norms, axis=1)
-    _, fc8 = upper(n, n.pairs, "pair", "", "", profile, False)
+    _, fc8 = upper(n, n.pairs, profile, tag="pair")
     n.prob = L.Softmax(fc8)
     return n
 
@@ -404,7 +405,7 @@ def feature_net(profile):
     _check(profile)
     n = caffe.NetSpec()
     (x,) = _inputs(n, ("data",), profile)
-    n.feat = _fc(trunk(n, x, "", "", profile, False), "feat", profile, "feat", False)
+    n.feat = _fc(trunk(n, x, profile), "feat", profile, "feat", False)
     l2_normalize(n, n.feat, "feature")
     return n
 
@@ -414,8 +415,7 @@ def rnk_feature_net(profile):
     _check(profile)
     n = caffe.NetSpec()
     (x,) = _inputs(n, ("data",), profile)
-    _, fc8 = upper(n, trunk(n, x, "", "", profile, False, tag="rnk"), "rnk", "", "", profile, False,
-                   out=profile.feat)
+    _, fc8 = upper(n, trunk(n, x, profile, tag="rnk"), profile, tag="rnk", out=profile.feat)
     l2_normalize(n, fc8, "feature")
     return n
 
