@@ -297,8 +297,8 @@ def _evaluate(run, ev, progress, log, selected):
             return staged[final]
         try:
             if ev.pictures:
-                pictures(body, run, ev, prepared, the_trials[0], scores, rows, cols, probes, gallery, higher,
-                         place)
+                pictures(body, run, ev, prepared, the_trials[0],
+                         Scored(scores, rows, cols, probes, gallery, higher), place)
             atomic_write_bytes(place(run.result(ev.protocol, "scores", "npz", ev.on)),
                                _npz_bytes(scores=scores, rows=rows, cols=cols))
             atomic_write_json(place(run.result(ev.protocol, on=ev.on)), body)
@@ -352,24 +352,37 @@ def select_snapshot(run, ev=Evaluation(), progress=True, log=print):
                     selected={k: v for k, v in choice.items() if k != "curve"})
 
 
-def pictures(body, run, ev, prepared, trial, scores, rows, cols, probes, gallery, higher, place=lambda p: p):
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """One scoring of a layout: the rows x cols score matrix, the images scored (arrays) and
+    whether a higher score is the better match."""
+    scores: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    probes: np.ndarray
+    gallery: np.ndarray
+    higher: bool
+
+
+def pictures(body, run, ev, prepared, trial, scored, place=lambda p: p):
     """cmc-<protocol>.png and ranked-<protocol>.png (the first trial's ranked gallery);
     place(final path) -> where to write it."""
     protocol = body["protocol"]
     title = (f"{body['dataset']} {body['variant']} ({body['profile']} profile, {body['split']} split, "
              f"{protocol} protocol" + (f", {ev.on} identities)" if ev.on != "test" else ")"))
     plots.plot_cmc([(body["run"], body)], place(run.result(protocol, "cmc", "png", ev.on)), title=title)
-    s = trials.trial_scores(scores, rows, cols, trial)
-    r = np.searchsorted(rows, trial.probe)
-    c = np.searchsorted(cols, trial.gallery)
+    s = trials.trial_scores(scored.scores, scored.rows, scored.cols, trial)
+    r = np.searchsorted(scored.rows, trial.probe)
+    c = np.searchsorted(scored.cols, trial.gallery)
     records = {im["index"]: im for im in prepared.images}
     root = (prepared.manifest.get("inputs") or {}).get("root")
     if root and not os.path.isdir(root):
         root = None
     rows_ = plots.ranked_gallery_rows(
         s, trial.probe_ids, trial.gallery_ids,
-        _Images(trial.probe, records, root, probes[r]), _Images(trial.gallery, records, root, gallery[c]),
-        higher_is_better=higher, n_rows=RANKED_PROBES, top=RANKED_TOP)
+        _Images(trial.probe, records, root, scored.probes[r]), _Images(trial.gallery, records, root,
+                                                                        scored.gallery[c]),
+        higher_is_better=scored.higher, n_rows=RANKED_PROBES, top=RANKED_TOP)
     # The picture is narrow (probe + top 10): a short title.
     plots.plot_ranked_gallery(rows_, place(run.result(protocol, "ranked", "png", ev.on)),
                               title=f"{body['run']}, {protocol}")
