@@ -154,7 +154,7 @@ def _check_room(out, images, size, shared):
                           "another folder (DATA_ARGS=--data-dir <folder>)")
 
 
-def build_split(ds, data, seed, fp, key, opts, progress=True, log=print, map_size=None, argv=None,
+def build_split(ds, data, seed, fp, key, opts, *, progress=True, log=print, map_size=None, argv=None,
                 share=True):
     """Build one prepared-data directory (data: a DataSpec) from the read dataset `ds`."""
     t0 = time.perf_counter()
@@ -290,6 +290,7 @@ def prepare(dataset, profile, split, opts=SplitOptions(), *, project=None, root=
                 results.append(dict(have, status="up to date"))
                 continue
             # --force rebuilds the LMDB too (no hard link to a sibling's, which may be the suspect)
-            m = build_split(ds, data, seed, fp, key, opts, progress, log, map_size, argv, share=not force)
+            m = build_split(ds, data, seed, fp, key, opts, progress=progress, log=log, map_size=map_size, argv=argv,
+                            share=not force)
         results.append(dict(m, status="built"))
     return results

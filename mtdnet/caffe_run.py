@@ -208,7 +208,7 @@ class _Progress:
 NEWEST = "newest"
 
 
-def train(solver, log_path, max_iter, snapshot_prefix, weights=None, snapshot=NEWEST,
+def train(solver, log_path, max_iter, snapshot_prefix, *, weights=None, snapshot=NEWEST,
           progress=True, extra_args=(), cwd=None, caffe=None, lock=None, say=print):
     """Run `caffe train`; return the final iteration reached.
 
