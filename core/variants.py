@@ -37,7 +37,7 @@ class Variant:
     table1: int              # its row in Table 1 (1 = first)
     score: str               # "pair" or "feature" (SCORE_KINDS)
     deploy: str              # the deploy net it is scored with (a key of prototxt.nets.DEPLOY_NETS)
-    net: str = ""            # its train-net builder (a key of prototxt.nets.TRAIN_NETS); '' = scored with `trains`'s model
+    net: str = ""            # its train-net builder (prototxt.nets.TRAIN_NETS); '' = scored with `trains`'s model
     trains: str = ""         # the variant whose run (model) it uses; '' = its own
     source: str = None       # SOURCE_USES: None, "mixed" (one data layer) or "separate" (a second stream)
     init: str = "finetune"   # INIT_RULES

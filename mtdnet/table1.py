@@ -10,13 +10,14 @@
 
 Every step runs in this process through the library (data_prep.build.prepare,
 mtdnet.training.train, mtdnet.evaluate, mtdnet.report) and is shown as the `make` command
-a user could type to do the same; a step whose output is complete is skipped, so a re-run continues where the last one stopped: a run short of the profile's
-iterations is resumed, a score older than its run's newest snapshot is made again, and a
-fine-tune whose source model is no longer the source's chosen one restarts (RESTART=1: the
-earlier run is kept aside). The source's models published in
-the repository (models/<run>/, mtdnet.models) count as complete: the later stages start
-from them without the hours of training. DRY_RUN=1 prints the plan with
-each command and its expected time on this machine.
+a user could type to do the same; a step whose output is complete is skipped, so a re-run
+continues where the last one stopped: a run short of the profile's iterations is resumed, a
+score older than its run's newest snapshot is made again, and a fine-tune whose source model
+is no longer the source's chosen one restarts (RESTART=1: the earlier run is kept aside). The
+source's models published in the repository (models/<run>/, mtdnet.models) count as
+complete: the later stages start from them without the hours of training. DRY_RUN=1 prints
+the plan with each command and its expected time on this machine; SPLITS= adds each
+target's MTDnet on random splits and their mean.
 """
 import dataclasses
 import functools
@@ -25,13 +26,13 @@ import shlex
 import sys
 import time
 
+from core import PAPER, MtdnetError, Project, Run, Split, datasets, get_profile, variants
+from core.fsutil import read_json
 from data_prep.build import prepare
 from data_prep.datasets import default_root, raw_present
 from mtdnet import caffe_run, models, training
 from mtdnet import evaluate as E
 from mtdnet.report import build_report, hours_minutes
-from core import PAPER, MtdnetError, Project, Run, Split, datasets, get_profile, variants
-from core.fsutil import read_json
 
 # Probes x gallery images of each dataset's paper protocol (for the time estimates only).
 EVAL_PAIRS = {"cuhk03": 500 * 100, "cuhk01": 200 * 100, "viper": 316 * 316, "ilids": 60 * 59,
