@@ -197,5 +197,7 @@ def test_every_rule_a_variant_may_name_has_its_one_implementation():
     from mtdnet import training
     assert set(training.WITHOUT_WEIGHTS) == set(training.FROM_OUR_MODEL) == set(variants.INIT_RULES)
     assert set(generate.SOURCE_READS) == set(variants.SOURCE_USES)
+    from mtdnet import report
+    assert set(report.ORIGINS) == set(training.INIT_KINDS)     # every recorded init_kind has its row
     assert {v.net for v in variants.trained_variants()} <= set(nets.TRAIN_NETS)
     assert {v.deploy for v in variants.REGISTRY.values()} <= set(nets.DEPLOY_NETS)
