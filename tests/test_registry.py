@@ -201,3 +201,12 @@ def test_every_rule_a_variant_may_name_has_its_one_implementation():
     assert set(report.ORIGINS) == set(training.INIT_KINDS)     # every recorded init_kind has its row
     assert {v.net for v in variants.trained_variants()} <= set(nets.TRAIN_NETS)
     assert {v.deploy for v in variants.REGISTRY.values()} <= set(nets.DEPLOY_NETS)
+
+
+def test_each_readers_name_is_its_registry_title():
+    """The title is said twice (the reader's NAME for its messages, the registry's for tables):
+    they must agree."""
+    from data_prep.datasets import get_reader
+    for name in datasets.names():
+        d = datasets.get_dataset(name)
+        assert get_reader(d).NAME == d.spec.title, name
