@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from core import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
 from core.fsutil import atomic_dir, atomic_write_json, free_bytes, read_json
-from core.runs import DATA_FILES
-from core.profiles import check_seed
 from core.locks import exclusive
+from core.profiles import check_seed
+from core.runs import DATA_FILES
 from data_prep import imagedb, splitting
 from data_prep.datasets import default_root, get_reader, read_dataset
 from data_prep.records import SPLITS_DIR, load_image, remove_stale_partials, resize_chw

@@ -58,15 +58,15 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 from tqdm import tqdm
 
+from core import REPO_ROOT, MtdnetError, Project, Run, get_dataset, get_profile
+from core.fsutil import atomic_write_json
 from data_prep import synthetic
 from data_prep.build import prepare
 from layers.triplet_data import Prefetcher, TripletBatcher, open_sources
 from mtdnet import caffe_run, caffe_speed, cmc, scoring
 from mtdnet.caffelog import caffe_time_ms, iteration_times
-from prototxt import generate, weights
-from core import REPO_ROOT, MtdnetError, Project, Run, get_dataset, get_profile
-from core.fsutil import atomic_write_json
 from mtdnet.cli import cli_main
+from prototxt import generate, weights
 
 PARTS = ("scoring", "memory", "train", "prep", "cmc", "datapath", "caffe")
 # Results go under runs/ (not kept in git): a benchmark never rewrites a tracked file.

@@ -26,10 +26,10 @@ import subprocess
 import sys
 import time
 
-from mtdnet import caffelog
 from core import MtdnetError, Project
 from core.fsutil import free_bytes, os_error
 from core.proc import preexec_die_with_parent
+from mtdnet import caffelog
 
 # Progress lines printed when stderr is not a terminal (a log file): one per this
 # fraction of the run, instead of a redrawn bar.

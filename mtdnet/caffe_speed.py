@@ -38,10 +38,10 @@ import numpy as np
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-from prototxt import generate, weights
 from core import REPO_ROOT, Project, Run
 from core.errors import MtdnetError
 from core.variants import trained_variants
+from prototxt import generate, weights
 
 FAST_ENV = "MTDNET_CAFFE_FAST"
 MODES = ("stock", "fast")

@@ -2,10 +2,10 @@
 import argparse
 import sys
 
-from mtdnet.trials import PROTOCOLS
 from core import PROFILES, MtdnetError, Project, Run, datasets, get_profile, splits, variants
-from core.profiles import CPU_DEFAULT
 from core.fsutil import os_error
+from core.profiles import CPU_DEFAULT
+from mtdnet.trials import PROTOCOLS
 
 
 def _tell(text):

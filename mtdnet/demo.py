@@ -13,10 +13,10 @@ import os
 import sys
 import time
 
+from core import REPO_ROOT, Project, Run
 from data_prep.build import prepare
 from mtdnet import evaluate, training
 from mtdnet.report import build_report
-from core import REPO_ROOT, Project, Run
 
 DATASET, VARIANT, SCORED_ALSO, PROFILE = "synthetic", "mtdnet", "trp", "tiny"
 

@@ -26,17 +26,17 @@ import time
 
 import numpy as np
 
+from core import MtdnetError, Split, variants
+from core.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from core.locks import exclusive, running
+from core.profiles import check_seed
+from core.runs import MEAN as MEAN_SPLIT
+from core.variants import SCORE_KINDS, get_variant
 from data_prep.imagedb import ImageDB
 from data_prep.prepared import load_prepared
 from mtdnet import caffe_run, cmc, plots, scoring, trials
 from mtdnet.caffe_speed import compute_record
 from prototxt import generate
-from core import MtdnetError, Split, variants
-from core.profiles import check_seed
-from core.runs import MEAN as MEAN_SPLIT
-from core.fsutil import atomic_write_bytes, atomic_write_json, read_json
-from core.locks import exclusive, running
-from core.variants import SCORE_KINDS, get_variant
 
 DEFAULT_TRIALS = 10
 MAX_RANDOM_SPLITS = 100      # random<k> runs looked for when none are named

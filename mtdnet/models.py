@@ -23,9 +23,9 @@ import hashlib
 import os
 import shutil
 
-from mtdnet import caffe_run
 from core import MtdnetError
 from core.fsutil import atomic_dir, atomic_write_text, read_json
+from mtdnet import caffe_run
 
 SUMS = "SHA256SUMS"
 

@@ -14,9 +14,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from core import MtdnetError
+from core.fsutil import atomic_write_bytes
 from mtdnet import cmc
 from mtdnet.caffelog import read_caffe_log
-from core.fsutil import atomic_write_bytes
 
 DPI = 100
 CMC_SIZE = (900, 600)        # pixels (width, height)

@@ -14,10 +14,10 @@ import json
 import os
 import tempfile
 
-from data_prep.datasets import default_root
-from mtdnet import plots
 from core import DataSpec, MtdnetError, Project, Run, Split, datasets, variants
 from core.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, read_json, require_replaceable
+from data_prep.datasets import default_root
+from mtdnet import plots
 
 # Table 1 (the paper's rows, titles, types, dataset columns) comes from the variant
 # and dataset registries (core/variants.py, core/datasets.py).

@@ -24,10 +24,10 @@ import numpy as np
 from caffe import layers as L
 from tqdm import tqdm
 
+from core import MtdnetError
 from mtdnet.cmc import squared_euclidean_distances
 from mtdnet.gpu import require_gpu_build
 from prototxt.weights import read_caffemodel
-from core import MtdnetError
 
 MIRRORS = (False, True)
 SCORE_BATCH = 64          # pairs (or images) per forward pass: speed only, not the result

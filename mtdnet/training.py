@@ -17,6 +17,9 @@ import time
 
 from google.protobuf import text_format
 
+from core import DataSpec, MtdnetError, datasets, get_dataset
+from core.fsutil import atomic_write_json, atomic_write_text, read_json
+from core.locks import exclusive
 from data_prep import build
 from data_prep.datasets import raw_present
 from mtdnet import caffe_run, models
@@ -25,9 +28,6 @@ from mtdnet.gpu import require_gpu_build
 from mtdnet.plots import plot_loss_curve
 from prototxt import generate
 from prototxt import weights as W
-from core import DataSpec, MtdnetError, datasets, get_dataset
-from core.fsutil import atomic_write_json, atomic_write_text, read_json
-from core.locks import exclusive
 
 # Layers only an MTDnet-family model has (an ImageNet CaffeNet has conv1..fc8 only).
 MTDNET_MARKERS = ("conv3_pair", "feat", "fc8_rnk")

@@ -29,8 +29,8 @@ import dataclasses
 
 import numpy as np
 
-from data_prep.splitting import fixed_gallery
 from core import MtdnetError
+from data_prep.splitting import fixed_gallery
 from mtdnet import cmc
 
 PROTOCOLS = ("paper", "random")

@@ -31,8 +31,8 @@ import json
 import caffe
 from caffe import layers as L, params as P
 
-from layers.triplet_loss import NORM_EPS
 from core import MtdnetError, get_profile
+from layers.triplet_loss import NORM_EPS
 
 STREAMS = ("", "_p", "_n")            # anchor, positive, negative
 DATA_TOPS = ("data_a", "data_p", "data_n")

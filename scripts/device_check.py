@@ -41,11 +41,11 @@ os.environ.setdefault("GLOG_minloglevel", "1")
 import caffe  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
+from core import get_profile, get_variant  # noqa: E402
 from data_prep.imagedb import write_image_lmdb  # noqa: E402
 from mtdnet.caffelog import iteration_times  # noqa: E402
 from prototxt import nets  # noqa: E402
 from prototxt import weights as W  # noqa: E402
-from core import get_profile, get_variant  # noqa: E402
 
 CAFFE = os.environ.get("MTDNET_CAFFE_BIN") or "caffe"
 TOL = 1e-4

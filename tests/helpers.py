@@ -7,12 +7,12 @@ import caffe
 import numpy as np
 from caffe import layers as L, params as P
 
+from core import REPO_ROOT, Project, Run, get_profile
 from data_prep.build import SplitOptions, prepare
 from data_prep.imagedb import write_image_lmdb
 from mtdnet import evaluate, training
 from mtdnet.bench import random_weights
 from prototxt import generate
-from core import REPO_ROOT, Project, Run, get_profile
 
 CAFFE = Project().caffe
 PROFILE = "tiny"

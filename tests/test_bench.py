@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from mtdnet import bench, caffelog
 from core import REPO_ROOT
+from mtdnet import bench, caffelog
 
 TOOL = [sys.executable, os.path.join(REPO_ROOT, "tools", "bench.py")]
 

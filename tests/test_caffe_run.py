@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from mtdnet import caffe_run
 from core import REPO_ROOT
+from mtdnet import caffe_run
 from tests.helpers import make_image_lmdb, toy_net_text, toy_solver_text, wait_for
 
 S = 24  # image side: big enough that iterations take a little time

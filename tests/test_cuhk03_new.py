@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import scipy.io
 
+from core import MtdnetError
 from data_prep.build import prepare
 from data_prep.datasets import cuhk03
 from data_prep.records import SPLITS_DIR
 from mtdnet import cmc
 from mtdnet import evaluate as E
-from core import MtdnetError
 from tests import fixtures as F
 from tests.helpers import eval_run, make_model, prepare_synthetic, tiny_project
 

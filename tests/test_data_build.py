@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from tests import fixtures as F
-from tests.helpers import needs_real
+from core import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
 from data_prep import imagedb
 from data_prep.build import SplitOptions, prepare as build
 from data_prep.imagedb import ImageDB
 from data_prep.prepared import load_prepared
 from data_prep.records import read_image_file, resize_chw
-from core import REPO_ROOT, DataSpec, MtdnetError, Project, Split, get_dataset, get_profile
+from tests import fixtures as F
+from tests.helpers import needs_real
 
 PY = sys.executable
 SMALL_SYN = {"num_ids": 24, "num_test": 8, "seed": 5}

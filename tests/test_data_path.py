@@ -15,9 +15,9 @@ import pytest
 
 import caffe
 
+from core import MtdnetError, get_profile, get_variant
 from layers import triplet_data
 from prototxt import nets
-from core import MtdnetError, get_profile, get_variant
 
 from tests.helpers import make_image_lmdb, run_caffe
 

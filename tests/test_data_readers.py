@@ -7,11 +7,11 @@ import h5py
 import numpy as np
 import pytest
 
-from tests import fixtures as F
-from tests.helpers import VIPER, needs_real
+from core import REPO_ROOT, MtdnetError, datasets
 from data_prep.datasets import default_root, get_reader, read_dataset
 from data_prep.records import SPLITS_DIR, load_image, paper_split
-from core import REPO_ROOT, MtdnetError, datasets
+from tests import fixtures as F
+from tests.helpers import VIPER, needs_real
 
 needs_viper = needs_real("viper")
 

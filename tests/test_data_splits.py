@@ -4,13 +4,13 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from tests import fixtures as F
-from tests.helpers import needs_real
+from core import MtdnetError
 from data_prep import splitting as protocol
 from data_prep.datasets import read_dataset
 from data_prep.records import paper_split
 from data_prep.triplets import make_triplets, positive_pairs
-from core import MtdnetError
+from tests import fixtures as F
+from tests.helpers import needs_real
 
 CUHK03_PAIRS = [843, 440, 77, 58, 49]   # persons per camera pair in cuhk-03.mat
 

@@ -1,8 +1,8 @@
 """make demo: the four steps on the synthetic data, into a project of its own (data/demo, runs/demo)."""
 import os
 
-from mtdnet import demo
 from core import REPO_ROOT
+from mtdnet import demo
 
 
 def test_demo_runs_the_job_and_says_what_it_learnt_against_chance(tmp_path):

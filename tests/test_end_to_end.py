@@ -9,11 +9,11 @@ import os
 import numpy as np
 import pytest
 
+from core import Project, get_profile
 from data_prep.build import prepare
 from data_prep.imagedb import ImageDB
 from mtdnet import scoring
 from prototxt import generate
-from core import Project, get_profile
 from tests.helpers import PROFILE, eval_run, train_run
 
 # The tiny profile's default iterations (what `make demo` trains): a profile's default

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.prepared import Prepared
 from core import REPO_ROOT, MtdnetError
-from mtdnet import evaluate as E
-from mtdnet import cmc, plots
 from core.profiles import get_profile
 from data_prep.build import SplitOptions, prepare
+from data_prep.prepared import Prepared
+from mtdnet import evaluate as E
+from mtdnet import cmc, plots
 from mtdnet import report
 from tests.helpers import (PROFILE, deploy_file, eval_run, make_model, prepare_synthetic, run_of, save_deploy_model,
                            tiny_project)

@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from core import MtdnetError
+from data_prep.records import SPLITS_DIR
 from mtdnet import cmc as E
 from mtdnet import plots
 from mtdnet import trials as P
 from mtdnet.cmc import loop_rank_ap
 from tests.helpers import VIPER, needs_real
-from data_prep.records import SPLITS_DIR
 
 
 def test_simple_ranks_cmc_and_map():

@@ -21,9 +21,9 @@ import time
 import numpy as np
 import pytest
 
-from mtdnet import caffe_run, training
 from core import REPO_ROOT, MtdnetError, Project, Run
 from core.locks import lock_path
+from mtdnet import caffe_run, training
 from tests import fixtures as F
 from tests.helpers import (make_image_lmdb, make_model, prepare_synthetic, run_caffe, toy_net_text,
                            toy_solver_text, wait_for)

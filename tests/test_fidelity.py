@@ -13,11 +13,11 @@ import pytest
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
+from core import REPO_ROOT, Run, datasets, get_profile
 from data_prep import splitting
 from data_prep.datasets import read_dataset
 from data_prep.splitting import make_split, select_images
 from data_prep.triplets import make_triplets
-from core import REPO_ROOT, Run, datasets, get_profile
 from tests import fixtures as F
 
 P = get_profile("paper")

@@ -19,9 +19,9 @@ from google.protobuf import text_format
 import caffe
 from caffe.proto import caffe_pb2
 
+from core import REPO_ROOT, MtdnetError, Run, datasets, get_profile, variants
 from layers import pair_regroup, triplet_data, triplet_loss, xnor_label
 from layers.params import parse_params
-from core import REPO_ROOT, MtdnetError, Run, datasets, get_profile, variants
 from prototxt import generate, nets
 from tests.helpers import make_reid_data, run_caffe
 

@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
+from core import (PROFILES, REPO_ROOT, DatasetSpec, DataSpec, MtdnetError, Project, Run, Split, Variant,
+                  datasets, get_dataset, get_profile, variants)
 from data_prep.build import SplitOptions, prepare
 from mtdnet import evaluate, report, training
 from prototxt import generate, nets
-from core import (PROFILES, REPO_ROOT, DatasetSpec, DataSpec, MtdnetError, Project, Run, Split, Variant,
-                  datasets, get_dataset, get_profile, variants)
 from tests import fixtures as F
 from tests import toy_registry
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from core import MtdnetError
+from core.profiles import get_profile
 from mtdnet import scoring
 from tests.helpers import PROFILE, deploy_file, make_model, prepare_synthetic, save_deploy_model
-from core.profiles import get_profile
 
 
 

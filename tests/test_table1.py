@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-import data_prep.datasets
-from mtdnet import models, table1, training
 from core import REPO_ROOT, Project, Run, get_profile, variants
 from core.fsutil import atomic_write_json
+import data_prep.datasets
+from mtdnet import models, table1, training
 from tests import fixtures as F
 from tests.helpers import prepare_synthetic
 

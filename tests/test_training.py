@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from core import REPO_ROOT, MtdnetError, Project, get_profile
 from data_prep.build import SplitOptions, prepare
 from prototxt.weights import read_caffemodel
-from core import REPO_ROOT, MtdnetError, Project, get_profile
 from tests import fixtures
 from tests.helpers import PROFILE, caffenet_like, train_run
 

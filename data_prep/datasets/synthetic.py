@@ -6,10 +6,10 @@ records the generator's parameters, seed and the test identities ("paper" split)
 import os
 
 from core import MtdnetError
+from core.fsutil import read_json
 from data_prep.datasets.viper import read_layout
 from data_prep.records import Dataset, Facts
 from data_prep.synthetic import ensure  # noqa: F401  (a generated dataset: `make data` draws it first)
-from core.fsutil import read_json
 
 NAME = "synthetic"
 INFO = "synthetic.json"
