@@ -330,6 +330,10 @@ def select_snapshot(run, ev=Evaluation(), progress=True, log=print):
 
     Writes select-val.json (each snapshot's validation numbers and the choice) and
     select-val.png; returns the test result, which records the choice under "selected"."""
+    if run.data.exists() and not load_prepared(run.data).split.get("val"):
+        raise MtdnetError(f"{run.project.rel(run.data.dir)}: split '{run.split}' has no validation identities "
+                          "to choose a snapshot on; leave SELECT out (the newest snapshot is scored), or use "
+                          "a split with them (SPLIT=val, CUHK03's paper split)")
     snaps = candidates(caffe_run.snapshots(run.snapshot_prefix, "caffemodel"))
     if not snaps:
         raise MtdnetError(f"{run.snapshot_prefix}_iter_*.caffemodel: no snapshots to choose from; "

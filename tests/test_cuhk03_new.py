@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from core import MtdnetError
+from core import MtdnetError, Project, Run
 from data_prep.build import prepare
 from data_prep.datasets import cuhk03
 from data_prep.records import SPLITS_DIR
@@ -107,6 +107,10 @@ def test_split_new_is_built_and_scored_across_cameras(tmp_path, monkeypatch):
     with pytest.raises(MtdnetError, match="has its own fixed queries and gallery: evaluate it with PROTOCOL=paper"):
         eval_run("cuhk03detected", "trp", split="new", data_dir=data, runs_dir=str(tmp_path / "runs"),
                  model=model, protocol="random")
+    # No validation identities in this protocol: no snapshot to choose on them.
+    run = Run.create("cuhk03detected", "trp", "tiny", "new", project=Project(data_dir=data, runs_dir=str(tmp_path / "r")))
+    with pytest.raises(MtdnetError, match="split 'new' has no validation identities to choose a snapshot on"):
+        E.select_snapshot(run, progress=False, log=lambda *a: None)
     # The pair score of a large layout would take days: refused, pointing at trp.
     monkeypatch.setattr(E, "PAIR_SCORE_LIMIT", n_query * n_gallery - 1)
     with pytest.raises(MtdnetError, match=r"pairs, each through the pair net 8 times.*VARIANT=trp"):
