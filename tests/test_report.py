@@ -237,3 +237,11 @@ def test_a_rows_origin_comes_from_the_recorded_init_kind():
     assert R.origin({"init_kind": "imagenet", "init": "conv1/conv2 copied"}) == "ImageNet"
     assert R.origin({"init": "scratch (fillers)"}) == "from scratch"          # a result from before init_kind
     assert R.origin({"tag": "cuhk03detected", "init_kind": "finetune"}) == "pre-trained on CUHK03 (detected)"
+
+
+def test_each_number_says_what_it_was_trained_with():
+    r = result("viper", "mtdnet", train_compute=[{"fast": True, "threads": 2, "cpus": 2},
+                                                 {"fast": True, "threads": 1, "cpus": 2}])
+    text = R.label(r)
+    assert text.endswith("trained with Caffe fast path, 2 thread(s) then Caffe fast path, 1 thread(s)")
+    assert "trained with" not in R.label(result("viper", "mtdnet"))     # an older record: nothing claimed
