@@ -106,7 +106,8 @@ def reproduce(r, run, info):
     # <run>/snapshots/<file>: the run's own (paths are relative to the project that evaluated).
     parts = os.path.normpath(model).split(os.sep)[-3:-1] if model else []
     own = not model or model == info.get("model") or parts == [run.name, "snapshots"]
-    return run.commands(iters=info.get("iterations"), weights=info.get("weights"),
+    weights = info.get("weights")
+    return run.commands(iters=info.get("iterations"), weights=weights and run.project.abs(weights),
                         select=bool(r.get("selected")), model=None if own else model)
 
 

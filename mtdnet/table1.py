@@ -109,6 +109,7 @@ def _source_changed(run, base):
         if not os.path.exists(run.info):
             return None
         started = read_json(run.info, "run record").get("weights")
+        started = started and run.project.abs(started)
         try:
             now = _chosen_path(base)
         except MtdnetError:

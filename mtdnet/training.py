@@ -182,11 +182,12 @@ def initial_weights(run, weights):
     return FROM_OUR_MODEL[run.variant.init](run, weights, shown)
 
 
-def _same_weights(info, weights):
-    """Whether `weights` is the model the run was started from (run.json)."""
+def _same_weights(info, weights, project):
+    """Whether `weights` is the model the run was started from (run.json: project-relative
+    inside the project, so a record reads the same on every machine)."""
     recorded = info.get("weights")
     if recorded:
-        return os.path.realpath(recorded) == os.path.realpath(weights)
+        return os.path.realpath(project.abs(recorded)) == os.path.realpath(weights)
     return bool(info.get("init", "").endswith((" " + weights, " " + os.path.abspath(weights),
                                                 " " + os.path.relpath(os.path.abspath(weights)))))
 
@@ -247,7 +248,7 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
             info = {}
         elif state:
             done = caffe_run.snapshot_iter(state)
-            if weights and not _same_weights(info, weights):
+            if weights and not _same_weights(info, weights, project):
                 raise MtdnetError(
                     f"{rel_dir}: already trained to iteration {done} from {info.get('init', 'unknown')}; "
                     f"it would resume and ignore WEIGHTS={weights}. Add RESTART=1 (--restart) to start "
@@ -281,7 +282,7 @@ def train(run, iters=None, weights=None, gpu=False, progress=True, restart=False
                   f"2-core CPU ({run.seconds_per_iter:g} s per iteration measured for {run.train_variant.title} "
                   f"of profile '{run.profile.name}'); Ctrl-C stops with a snapshot, the same command resumes")
         if not state:
-            info["weights"] = os.path.abspath(weights) if weights else None
+            info["weights"] = project.rel(weights) if weights else None
         info.update(run.identity(), source_split=run.source_split.name, seed=seed, max_iter=max_iter, init=init,
                     solver=solver_rel, data=[project.rel(d.dir) for d in run.all_data], gpu=gpu,
                     source=run.source_data.dataset.name if run.source_data else None)

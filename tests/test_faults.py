@@ -427,6 +427,7 @@ def test_weights_on_a_run_with_snapshots_needs_restart(data, tmp_path, capsys):
     info = training.train(run, iters=20, weights=other, progress=False, restart=True)
     assert info["init"] == "fine-tuned from other/mtdnet.caffemodel" and info["iterations"] == 20
     assert info["init_kind"] == "finetune"
+    assert info["weights"] == "other/mtdnet.caffemodel"   # project-relative: the same record on any machine
     aside = [n for n in os.listdir(run.dir) if n.startswith("previous-")]
     assert len(aside) == 1 and listing(os.path.join(run.dir, aside[0], "snapshots")) == before
     # The same WEIGHTS again (the command re-run after a Ctrl-C) resumes.
