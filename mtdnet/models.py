@@ -24,7 +24,9 @@ import os
 import shutil
 
 from core import MtdnetError
-from core.fsutil import atomic_dir, atomic_write_text, read_json
+from core.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, read_json
+from caffe.proto import caffe_pb2
+
 from mtdnet import caffe_run
 
 SUMS = "SHA256SUMS"
@@ -153,8 +155,15 @@ def restore_resume(run):
     state = next(n for n in names if n.endswith(".solverstate"))
     os.makedirs(run.snapshot_dir, exist_ok=True)
     for n in names:
-        if n.endswith((".solverstate", ".caffemodel")):
+        if n.endswith(".caffemodel"):
             shutil.copyfile(os.path.join(d, n), os.path.join(run.snapshot_dir, n))
+    # The solver state names its model by the path it was written to: point it at the copy
+    # (Caffe reads it relative to the project root, where it runs).
+    st = caffe_pb2.SolverState()
+    with open(os.path.join(d, state), "rb") as f:
+        st.ParseFromString(f.read())
+    st.learned_net = run.project.rel(os.path.join(run.snapshot_dir, os.path.basename(st.learned_net)))
+    atomic_write_bytes(os.path.join(run.snapshot_dir, state), st.SerializeToString())
     if "train.log.gz" in names:
         with gzip.open(os.path.join(d, "train.log.gz"), "rb") as g, open(run.log, "wb") as f:
             shutil.copyfileobj(g, f)
