@@ -110,6 +110,13 @@ def trained_variants():
     return [v for v in REGISTRY.values() if v.net]
 
 
+def scored_with(key):
+    """The variants scored with the model `key` trains: itself, then those ranking its model
+    (MTDnet: MTDnet, MTDnet-trp)."""
+    own = get_variant(key)
+    return [own] + [v for v in REGISTRY.values() if v.trains == own.key and v is not own]
+
+
 def table1_rows():
     return sorted(REGISTRY.values(), key=lambda v: v.table1)
 

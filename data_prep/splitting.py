@@ -118,14 +118,20 @@ def make_split(dataset, split, seed, num_test=None, num_val=None):
     if sizes != paper_sizes:
         warnings.append(f"sizes {sizes} differ from the paper protocol's {paper_sizes}")
     distractors = sorted(int(p) for p in (facts.distractor_ids or []))
+    return _split_record(facts, name, seed, facts.protocol, rule, train, val, sorted(test), distractors,
+                         warnings, facts.substitute if kind == "paper" else None)
+
+
+def _split_record(facts, name, seed, protocol, rule, train, val, test, distractors, warnings, substitute):
+    """split.json's body (eval_sets adds the evaluation's image lists)."""
     return {
         "dataset": facts.key, "dataset_title": facts.name, "split": name, "seed": seed,
-        "protocol": facts.protocol, "rule": rule, "options": facts.options,
-        "train": train, "val": val, "test": sorted(test), "distractors": distractors,
-        "sizes": dict(sizes, distractors=len(distractors)),
+        "protocol": protocol, "rule": rule, "options": facts.options,
+        "train": train, "val": val, "test": test, "distractors": distractors,
+        "sizes": {"train": len(train), "val": len(val), "test": len(test), "distractors": len(distractors)},
         "cameras": list(facts.cameras), "probe_camera": facts.probe_camera,
         "gallery_camera": facts.gallery_camera, "cameras_known": facts.cameras_known,
-        "warnings": warnings, "substitute": facts.substitute if kind == "paper" else None,
+        "warnings": warnings, "substitute": substitute,
     }
 
 
@@ -140,16 +146,9 @@ def _image_protocol_split(dataset, name, seed, num_test, num_val):
     if num_test is not None or num_val:
         raise MtdnetError(f"--num-test / --num-val do not apply to split '{name}': its images are fixed")
     proto = make()
-    return {
-        "dataset": facts.key, "dataset_title": facts.name, "split": name, "seed": seed,
-        "protocol": proto.rule, "rule": proto.rule, "options": facts.options,
-        "train": list(proto.train_ids), "val": [], "test": list(proto.test_ids), "distractors": [],
-        "sizes": {"train": len(proto.train_ids), "val": 0, "test": len(proto.test_ids), "distractors": 0},
-        "cameras": list(facts.cameras), "probe_camera": facts.probe_camera,
-        "gallery_camera": facts.gallery_camera, "cameras_known": facts.cameras_known,
-        "warnings": [], "substitute": None,
-        "image_protocol": {"query": list(proto.query), "gallery": list(proto.gallery)},
-    }
+    return dict(_split_record(facts, name, seed, proto.rule, proto.rule, list(proto.train_ids), [],
+                              list(proto.test_ids), [], [], None),
+                image_protocol={"query": list(proto.query), "gallery": list(proto.gallery)})
 
 
 def roles(split):

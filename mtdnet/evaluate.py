@@ -30,7 +30,7 @@ from core import MtdnetError, Split, variants
 from core.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from core.locks import exclusive, running
 from core.profiles import check_seed
-from core.runs import MEAN as MEAN_SPLIT
+from core.runs import DATA_FILES, MEAN as MEAN_SPLIT
 from core.variants import SCORE_KINDS, get_variant
 from data_prep.imagedb import ImageDB
 from data_prep.prepared import load_prepared
@@ -330,7 +330,8 @@ def select_snapshot(run, ev=Evaluation(), progress=True, log=print):
 
     Writes select-val.json (each snapshot's validation numbers and the choice) and
     select-val.png; returns the test result, which records the choice under "selected"."""
-    if run.data.exists() and not load_prepared(run.data).split.get("val"):
+    split_json = os.path.join(run.data.dir, DATA_FILES.split)
+    if os.path.isfile(split_json) and not read_json(split_json, DATA_FILES.split).get("val"):
         raise MtdnetError(f"{run.project.rel(run.data.dir)}: split '{run.split}' has no validation identities "
                           "to choose a snapshot on; leave SELECT out (the newest snapshot is scored), or use "
                           "a split with them (SPLIT=val, CUHK03's paper split)")

@@ -220,9 +220,7 @@ def plan(profile, gpu=False, weights=None, project=None, splits=()):
                           ["train", *_common(run), f"VARIANT={run.train_variant.key}", *init_args, *source, *gpu_arg],
                           (its if redo and redo() else max(its - _iterations_done(run), 0)) * run.seconds_per_iter,
                           trained, redo, train))
-        # Every variant scored with this training's model (MTDnet's: MTDnet, -trp).
-        for v in [run.variant] + [x for x in variants.REGISTRY.values()
-                                  if x.trains == run.variant.key and x.key != run.variant.key]:
+        for v in variants.scored_with(run.variant.key):
             r = run.with_variant(v.key)
             secs = FEATURE_EVAL_SECONDS if v.score == "feature" else \
                 EVAL_PAIRS.get(r.dataset.key, 316 * 316) * PAIR_SECONDS_PER_ITER_SECOND * iter_s
@@ -287,7 +285,7 @@ def plan(profile, gpu=False, weights=None, project=None, splits=()):
             fine_tune(fine_tuned[d.name][v.key])
     # Numbers that generalise: the principal variant on random splits, each evaluated, then
     # the mean over them (the report's "mean of N random splits" rows).
-    scored = [principal] + [x for x in variants.REGISTRY.values() if x.trains == principal.key and x is not principal]
+    scored = variants.scored_with(principal.key)
     for d in present if splits else []:
         kinds = ([fine_tuned[d.name][principal.key]] if src is not None else []) + \
             [Run.create(d, principal, prof, project=project)]
