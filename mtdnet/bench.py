@@ -30,7 +30,8 @@ Parts:
            GPU the solver's CPU mostly waits for the device); also each worker's
            build time per batch, and that the batches are the same in every mode
   caffe    our Caffe build's CPU fast path against its stock code paths (the same build,
-           MTDNET_CAFFE_FAST=0), alternating in `rounds` interleaved child processes on the
+           MTDNET_CAFFE_FAST=0) and against the fast path with its im2col convolutions
+           instead of oneDNN's (MTDNET_CAFFE_DNNL=0), in `rounds` interleaved child processes on the
            MTDnet train net of each profile (default scratch and paper; inputs instead of the
            data layer, the profile's batch): forward + backward seconds per iteration (the
            median of every round's iterations), per layer, GFLOP/s of the convolutions and
@@ -477,11 +478,13 @@ def measure_caffe(profile, iters, rounds, seed):
     # The ratio within each round, then their median: robust to the VM's drift between rounds.
     out["speedup_median_of_rounds"] = float(np.median([a / b for a, b in zip(st["per_round"], fa["per_round"])]))
     out["memory_ratio"] = fa["peak_rss_mb"] / st["peak_rss_mb"]
+    im = out["modes"]["im2col"]
+    out["speedup_im2col"] = st["s_per_iter"] / im["s_per_iter"]
     by_type = {}
-    for a, b in zip(st["layers"], fa["layers"]):
-        t = by_type.setdefault(a["type"], dict(stock_s=0.0, fast_s=0.0))
-        t["stock_s"] += a["forward_s"] + a["backward_s"]
-        t["fast_s"] += b["forward_s"] + b["backward_s"]
+    for mode, m in out["modes"].items():
+        for layer in m["layers"]:
+            t = by_type.setdefault(layer["type"], {f"{k}_s": 0.0 for k in out["modes"]})
+            t[f"{mode}_s"] += layer["forward_s"] + layer["backward_s"]
     out["by_type"] = by_type
     return out
 
@@ -836,12 +839,16 @@ def table(doc):
             f"({r['gemm_peak_gflops']:.0f} GFLOP/s), fast", f"{fa['peak_fraction']:.2f}",
             f"caffe_peak_fraction_{prof}", fa["peak_fraction"])
         row("", "  fraction of the GEMM peak, stock", f"{st['peak_fraction']:.2f}")
+        im = r["modes"]["im2col"]
+        row("", "  fast path with im2col convolutions (no oneDNN): s/iter, speed-up, peak fraction",
+            f"{im['s_per_iter']:.3f}, {r['speedup_im2col']:.2f}x, {im['peak_fraction']:.2f}")
         row("", f"  peak RSS fast / stock ({fa['peak_rss_mb']:.0f} / {st['peak_rss_mb']:.0f} MB)",
             f"{r['memory_ratio']:.2f}", f"caffe_memory_ratio_{prof}", r["memory_ratio"])
         row("", "  threads stock, fast (OPENBLAS_NUM_THREADS)", f"{r['threads']['stock']}, {r['threads']['fast']}")
         for t, v in sorted(r["by_type"].items(), key=lambda kv: -kv[1]["stock_s"]):
             if v["stock_s"] >= 0.01 * st["s_per_iter"]:
-                row("", f"  {t}: ms stock -> fast", f"{1e3 * v['stock_s']:.1f} -> {1e3 * v['fast_s']:.1f}")
+                row("", f"  {t}: ms stock -> im2col -> fast",
+                    f"{1e3 * v['stock_s']:.1f} -> {1e3 * v['im2col_s']:.1f} -> {1e3 * v['fast_s']:.1f}")
     if "datapath" in doc:
         r = doc["datapath"]
         row("datapath", f"{r['profile']}: data layer on the critical path, s/iter (solver busy "

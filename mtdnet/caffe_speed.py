@@ -44,7 +44,12 @@ from core.variants import trained_variants
 from prototxt import generate, weights
 
 FAST_ENV = "MTDNET_CAFFE_FAST"
-MODES = ("stock", "fast")
+DNNL_ENV = "MTDNET_CAFFE_DNNL"
+# stock: Caffe's own code; fast: the fast path (oneDNN's convolutions); im2col: the fast
+# path with its own chunked im2col + GEMM convolutions (doubles, and shapes oneDNN refuses).
+MODES = ("stock", "im2col", "fast")
+MODE_ENV = {"stock": {FAST_ENV: "0"}, "im2col": {FAST_ENV: "1", DNNL_ENV: "0"},
+            "fast": {FAST_ENV: "1", DNNL_ENV: "1"}}
 # Samples kept per array in a golden file, and the tolerance of every comparison:
 # |a - b| <= TOLERANCE * max|b| per blob (float rounding moves the last bits only).
 GOLDEN_SAMPLES = 64
@@ -227,6 +232,12 @@ def child_main(argv):
         return 0
     if job["kind"] == "info":
         result = {}
+        if job.get("net_text"):       # how many convolutions oneDNN ran in one iteration
+            lib = _libcaffe()
+            lib.mtdnet_caffe_dnnl_calls.restype = ctypes.c_long
+            before = lib.mtdnet_caffe_dnnl_calls()
+            _forward_backward(_net(job["net_text"], job["seed"]), job["seed"])
+            result["onednn_calls"] = lib.mtdnet_caffe_dnnl_calls() - before
     elif job["kind"] == "time":
         result = _time(job["net_text"], job["seed"], job["iters"], job["warmup"])
     elif job["kind"] == "gemm":
@@ -245,9 +256,11 @@ def caffe_threads():
     pycaffe loaded (a build without the fast path: its OpenBLAS thread count)."""
     lib = _libcaffe()
     try:
-        return dict(fast=bool(lib.mtdnet_caffe_fast()), threads=int(lib.mtdnet_caffe_threads()))
+        fast = bool(lib.mtdnet_caffe_fast())
+        conv = "onednn" if fast and lib.mtdnet_caffe_dnnl() else "im2col" if fast else "stock"
+        return dict(fast=fast, threads=int(lib.mtdnet_caffe_threads()), conv=conv)
     except AttributeError:
-        return dict(fast=False, threads=int(lib.openblas_get_num_threads()))
+        return dict(fast=False, threads=int(lib.openblas_get_num_threads()), conv="stock")
 
 
 def compute_record():
@@ -280,7 +293,7 @@ def run_child(mode, job, env=None, timeout=None):
     with open(job_path, "w") as f:
         json.dump(job, f)
     child_env = dict(os.environ if env is None else env)
-    child_env[FAST_ENV] = "1" if mode == "fast" else "0"
+    child_env.update(MODE_ENV[mode])
     child_env.setdefault("GLOG_minloglevel", "2")
     p = subprocess.run([sys.executable, "-m", "mtdnet.caffe_speed", job_path, out], env=child_env,
                        cwd=Project().root, capture_output=True, text=True, timeout=timeout)
@@ -310,9 +323,11 @@ def capture(net, mode, seed=GOLDEN_SEED, env=None, forward=None, backward=None):
     return load(run_child(mode, job, env=env))
 
 
-def child_info(mode, env=None):
-    """caffe_threads() of a child process in this mode."""
-    return load(run_child(mode, dict(kind="info"), env=env))
+def child_info(mode, env=None, net=None, seed=GOLDEN_SEED):
+    """caffe_threads() of a child process in this mode; with a net (NetCase or text), also
+    "onednn_calls": the convolution calls oneDNN ran in one forward + backward of it."""
+    text = net if net is None or isinstance(net, str) else net.net_text()
+    return load(run_child(mode, dict(kind="info", net_text=text, seed=seed), env=env))
 
 
 def compare(got, want, tolerance=TOLERANCE):

@@ -131,10 +131,13 @@ def label(r):
 
 
 def compute_text(parts):
-    """'Caffe fast path, 2 threads' of run.json's compute records (one per resumed part), or ''."""
+    """'Caffe fast path (oneDNN convolutions), 2 thread(s)' of run.json's compute records (one
+    per resumed part), or ''. Records from before the conv field name no engine."""
     said = []
     for c in parts or []:
-        text = f"Caffe {'fast path' if c.get('fast') else 'stock code'}, {c.get('threads')} thread(s)"
+        engine = {"onednn": " (oneDNN convolutions)", "im2col": " (im2col convolutions)"}.get(c.get("conv"), "")
+        path = f"fast path{engine}" if c.get("fast") else "stock code"
+        text = f"Caffe {path}, {c.get('threads')} thread(s)"
         if text not in said:
             said.append(text)
     return " then ".join(said)

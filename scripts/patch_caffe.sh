@@ -49,11 +49,16 @@ if [ "${2:-}" != "stock" ]; then
   HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
   cp "$HERE/caffe_cpu/mtdnet_cpu.hpp" include/caffe/util/mtdnet_cpu.hpp
   cp "$HERE/caffe_cpu/mtdnet_cpu.cpp" src/caffe/util/mtdnet_cpu.cpp
-  # F1. OpenMP for the library's own C++ (nvcc's flags are not touched).
+  cp "$HERE/caffe_cpu/mtdnet_dnnl.cpp" src/caffe/util/mtdnet_dnnl.cpp
+  # F1. OpenMP for the library's own C++ (nvcc's flags are not touched); the
+  #     convolution engine's oneDNN (libdnnl-dev, built on the same OpenMP).
   grep -q '^CXXFLAGS += -pthread -fPIC $(COMMON_FLAGS) $(WARNINGS)$' Makefile
+  grep -q '^LIBRARIES += glog gflags protobuf boost_system boost_filesystem boost_regex m hdf5_hl hdf5$' Makefile
   sed -i 's/^CXXFLAGS += -pthread -fPIC $(COMMON_FLAGS) $(WARNINGS)$/& -fopenmp/;
-    s/^LINKFLAGS += -pthread -fPIC $(COMMON_FLAGS) $(WARNINGS)$/& -fopenmp/' Makefile
+    s/^LINKFLAGS += -pthread -fPIC $(COMMON_FLAGS) $(WARNINGS)$/& -fopenmp/;
+    s/^LIBRARIES += glog gflags protobuf boost_system boost_filesystem boost_regex m hdf5_hl hdf5$/& dnnl/' Makefile
   grep -q '^LINKFLAGS += .* -fopenmp$' Makefile
+  grep -q '^LIBRARIES += .* hdf5 dnnl$' Makefile
   # F2. The fast functions are members of the layers they speed up.
   decl_fwd='  bool mtdnet_forward_cpu(const vector<Blob<Dtype>*>\& bottom,\n      const vector<Blob<Dtype>*>\& top);\n'
   decl_bwd='  bool mtdnet_backward_cpu(const vector<Blob<Dtype>*>\& top,\n      const vector<bool>\& propagate_down, const vector<Blob<Dtype>*>\& bottom);\n'
@@ -76,11 +81,19 @@ if [ "${2:-}" != "stock" ]; then
     s|^  cblas_sgemm(CblasRowMajor, TransA, TransB, M, N, K, alpha, A, lda, B,$|  mtdnet_gemm<float>(TransA, TransB, M, N, K, alpha, A, lda, B,|;
     s|^  cblas_dgemm(CblasRowMajor, TransA, TransB, M, N, K, alpha, A, lda, B,$|  mtdnet_gemm<double>(TransA, TransB, M, N, K, alpha, A, lda, B,|' "$f"
   [ "$(grep -c 'mtdnet_gemm<' "$f")" = 2 ]
-  # F5. ReLU's element loops over the cores.
+  # F5. ReLU through the fast path's vectorised kernels, over the cores.
   f=src/caffe/layers/relu_layer.cpp
-  sed -i 's|^#include "caffe/layers/relu_layer.hpp"$|&\n#include "caffe/util/mtdnet_cpu.hpp"|;
-    s|^\( *\)for (int i = 0; i < count; ++i) {$|\1#pragma omp parallel for num_threads(mtdnet_cpu_threads()) schedule(static) if (count > 32768)\n&|' "$f"
-  [ "$(grep -c '#pragma omp parallel for' "$f")" = 2 ]
+  sed -i 's|^#include "caffe/layers/relu_layer.hpp"$|&\n#include "caffe/util/mtdnet_cpu.hpp"|' "$f"
+  perl -0pi -e 's|(\n  )(for \(int i = 0; i < count; \+\+i\) \{\n    top_data\[i\] = )|$1if (mtdnet_cpu_fast()) {\n    mtdnet_relu_forward(bottom_data, top_data, count, negative_slope);\n    return;\n  }$1$2|;
+    s|(\n    )(for \(int i = 0; i < count; \+\+i\) \{\n      bottom_diff\[i\] = )|$1if (mtdnet_cpu_fast()) {\n      mtdnet_relu_backward(bottom_data, top_diff, bottom_diff, count, negative_slope);\n      return;\n    }$1$2|' "$f"
+  [ "$(grep -c 'mtdnet_relu_\(forward\|backward\)(' "$f")" = 2 ]
+  # F6. Power (the nets' input scaling): the stock copy, scal and add_scalar as one
+  #     vectorised loop over the cores (the same operations in the same order).
+  f=src/caffe/layers/power_layer.cpp
+  grep -q '^  caffe_copy(count, bottom_data, top_data);$' "$f"
+  perl -0pi -e 's|(#include "caffe/layers/power_layer.hpp"\n)|$1#include "caffe/util/mtdnet_cpu.hpp"\n|;
+    s|(  const Dtype\* bottom_data = bottom\[0\]->cpu_data\(\);\n)(  caffe_copy\(count, bottom_data, top_data\);\n)|$1  if (mtdnet_cpu_fast() && power_ == Dtype(1)) {\n    const Dtype scale = scale_, shift = shift_;\n    #pragma omp parallel for simd num_threads(mtdnet_cpu_threads()) schedule(static) if (count > 32768)\n    for (int i = 0; i < count; ++i) top_data[i] = bottom_data[i] * scale + shift;\n    return;\n  }\n$2|' "$f"
+  [ "$(grep -c '#pragma omp parallel for simd' "$f")" = 1 ]
   echo "patch_caffe: CPU fast path ok"
 fi
 # ----------------------------------------------------------------- CUDA 13

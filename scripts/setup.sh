@@ -61,7 +61,7 @@ done
 APT_PACKAGES=(build-essential libboost-system-dev libboost-thread-dev
   libboost-filesystem-dev libboost-python-dev libboost-regex-dev
   libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev
-  libhdf5-dev liblmdb-dev libleveldb-dev libsnappy-dev libopenblas-dev)
+  libhdf5-dev liblmdb-dev libleveldb-dev libsnappy-dev libopenblas-dev libdnnl-dev)
 if [ -z "${CAFFE_ROOT:-}" ]; then
   step "system packages" "$LOGDIR/apt.log"
   missing=()

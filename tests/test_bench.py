@@ -84,13 +84,14 @@ def test_train_prep_and_cmc_parts(quick):
     assert c["probes_with_tied_match"] > 0      # the 1e-4 grid makes ties: the tie rule is exercised
 
 
-def test_caffe_part_times_both_code_paths_of_one_build(quick):
+def test_caffe_part_times_every_code_path_of_one_build(quick):
     doc = quick[0]
     r = doc["caffe"]["tiny"]
-    st, fa = r["modes"]["stock"], r["modes"]["fast"]
+    st, im, fa = r["modes"]["stock"], r["modes"]["im2col"], r["modes"]["fast"]
     assert r["threads"]["fast"] >= 1 and r["threads"]["stock"] >= 1
-    assert st["n"] == fa["n"] == 2 and min(st["s_per_iter"], fa["s_per_iter"]) > 0
+    assert st["n"] == fa["n"] == im["n"] == 2 and min(st["s_per_iter"], fa["s_per_iter"]) > 0
     assert r["speedup"] == pytest.approx(st["s_per_iter"] / fa["s_per_iter"])
+    assert r["speedup_im2col"] == pytest.approx(st["s_per_iter"] / im["s_per_iter"])
     assert doc["caffe_speedup_tiny"] == r["speedup"]
     assert r["gflop_per_iter"] > 0 and r["gemm_peak_gflops"] > 0
     assert fa["peak_fraction"] == pytest.approx(r["gflop_per_iter"] / fa["s_per_iter"] / r["gemm_peak_gflops"])
@@ -98,6 +99,7 @@ def test_caffe_part_times_both_code_paths_of_one_build(quick):
     names = [x["name"] for x in st["layers"]]
     assert names == [x["name"] for x in fa["layers"]] and "conv1" in names and "trp_loss" in names
     assert {"Convolution", "Pooling", "LRN", "ReLU"} <= set(r["by_type"])
+    assert set(r["by_type"]["Convolution"]) == {"stock_s", "im2col_s", "fast_s"}
 
 
 def test_results_go_where_git_ignores_them():

@@ -2,7 +2,8 @@
 stock Caffe computes: every blob's data and diff and every parameter's gradient of every
 variant's train net, against golden values recorded from the unpatched build
 (tests/data/caffe_stock_golden.npz, tools/record_caffe_golden.py) and against the stock
-code paths kept in the same build (MTDNET_CAFFE_FAST=0), whole arrays. Tolerance:
+code paths kept in the same build (MTDNET_CAFFE_FAST=0), whole arrays; with both of the
+fast path's convolution engines (oneDNN's, and its own im2col one: MTDNET_CAFFE_DNNL=0). Tolerance:
 |fast - stock| <= 1e-5 x the blob's largest magnitude (float summation order only).
 Outputs come from a fast forward, gradients from a fast backward after a stock forward, so
 that max pooling picks the same of two inputs tied within rounding (mtdnet/caffe_speed.py)."""
@@ -30,9 +31,23 @@ def test_the_golden_file_covers_every_trained_variant_at_both_profiles():
 
 def test_this_build_runs_the_fast_path_on_openblas_threads():
     env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
-    assert cs.child_info("fast", env) == dict(fast=True, threads=2)
+    assert cs.child_info("fast", env) == dict(fast=True, threads=2, conv="onednn")
+    assert cs.child_info("im2col", env) == dict(fast=True, threads=2, conv="im2col")
     assert cs.child_info("stock", env)["fast"] is False
     assert cs.child_info("fast", dict(os.environ, OPENBLAS_NUM_THREADS="1"))["threads"] == 1
+
+
+def _convolutions(text):
+    return text.count('type: "Convolution"')
+
+
+@pytest.mark.parametrize("profile", ["scratch", "paper"])
+def test_onednn_runs_every_convolution_of_the_mtdnet_net(profile):
+    """Each convolution's forward and backward go to oneDNN (none falls back unnoticed)."""
+    text = CASES[f"{profile}_mtdnet_b2"].net_text()
+    assert _convolutions(text) == 9
+    assert cs.child_info("fast", net=text)["onednn_calls"] == 2 * 9
+    assert cs.child_info("im2col", net=text)["onednn_calls"] == 0
 
 
 def _data(arrays):
@@ -43,12 +58,13 @@ def _diffs(arrays):
     return {k: v for k, v in arrays.items() if "/diff" in k}
 
 
-def _forward_and_backward(net, reference, env=None):
-    """Failures of the fast path against reference arrays: the outputs of a fast forward,
-    and the gradients of a fast backward after a stock forward (see mtdnet.caffe_speed)."""
+def _forward_and_backward(net, reference, env=None, mode="fast"):
+    """Failures of the fast path (mode: fast or im2col) against reference arrays: the outputs
+    of a fast forward, and the gradients of a fast backward after a stock forward (see
+    mtdnet.caffe_speed)."""
     net = net if isinstance(net, str) else net.net_text()     # generated once for both runs
-    fast = cs.capture(net, "fast", seed=SEED, env=env)
-    grads = cs.capture(net, "fast", seed=SEED, env=env, forward="stock", backward="fast")
+    fast = cs.capture(net, mode, seed=SEED, env=env)
+    grads = cs.capture(net, mode, seed=SEED, env=env, forward="stock", backward="fast")
     return cs.compare(_data(fast), _data(reference)) + cs.compare(_diffs(grads), _diffs(reference))
 
 
@@ -77,18 +93,21 @@ def test_a_stock_forward_then_fast_backward_switches_within_the_process():
     assert cs.compare(_diffs(grads), _diffs(GOLDEN[name]), tolerance=0.0)
 
 
-@pytest.mark.parametrize("name,workspace_mb", [
-    ("scratch_mtdnet_b2", None), ("scratch_cross_b2", None), ("scratch_rnk_b2", None),
-    ("scratch_mtdnet_b2", "0.05"),   # a chunk of one image: the chunk loop and its offsets
-    ("paper_rnk_b2", "1"),
+@pytest.mark.parametrize("name,mode,workspace_mb", [
+    ("scratch_mtdnet_b2", "fast", None), ("scratch_cross_b2", "fast", None),
+    ("scratch_rnk_b2", "fast", None), ("paper_rnk_b2", "fast", None),
+    ("scratch_mtdnet_b2", "im2col", None), ("scratch_cross_b2", "im2col", None),
+    ("scratch_rnk_b2", "im2col", None),
+    ("scratch_mtdnet_b2", "im2col", "0.05"),   # a chunk of one image: the chunk loop and its offsets
+    ("paper_rnk_b2", "im2col", "1"),
 ])
-def test_fast_path_equals_the_stock_code_whole_arrays(name, workspace_mb):
+def test_fast_path_equals_the_stock_code_whole_arrays(name, mode, workspace_mb):
     env = dict(os.environ)
     if workspace_mb:
         env["MTDNET_CONV_WORKSPACE_MB"] = workspace_mb
     stock = cs.capture(CASES[name], "stock", seed=SEED, env=env)
-    bad = _forward_and_backward(CASES[name], stock, env=env)
-    assert not bad, f"{name}: {_fails(bad)}"
+    bad = _forward_and_backward(CASES[name], stock, env=env, mode=mode)
+    assert not bad, f"{name} ({mode}): {_fails(bad)}"
 
 
 ZOO = """
@@ -115,16 +134,18 @@ layer { name: "loss" type: "Reduction" bottom: "sum" top: "loss" loss_weight: 1 
 """
 
 
-@pytest.mark.parametrize("workspace_mb", [None, "0.004"])
-def test_unusual_geometries_equal_the_stock_code(workspace_mb):
+@pytest.mark.parametrize("mode,workspace_mb", [("fast", None), ("im2col", None), ("im2col", "0.004")])
+def test_unusual_geometries_equal_the_stock_code(mode, workspace_mb):
     """Grouped, dilated, asymmetric stride and padding, no bias, 1x1, leaky ReLU, max pooling
     with padding and a mask top, LRN at beta 0.6 and 0.75: fast against stock, whole arrays."""
     env = dict(os.environ)
     if workspace_mb:
         env["MTDNET_CONV_WORKSPACE_MB"] = workspace_mb
+    if mode == "fast":     # oneDNN takes every one of these convolutions
+        assert cs.child_info(mode, net=ZOO)["onednn_calls"] == 2 * _convolutions(ZOO)
     stock = cs.capture(ZOO, "stock", seed=SEED, env=env)
     assert float(abs(stock["blob/x/diff"]).max()) > 0       # col2im ran for the input
-    bad = _forward_and_backward(ZOO, stock, env=env)
+    bad = _forward_and_backward(ZOO, stock, env=env, mode=mode)
     assert not bad, _fails(bad)
 
 

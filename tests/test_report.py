@@ -245,3 +245,6 @@ def test_each_number_says_what_it_was_trained_with():
     text = R.label(r)
     assert text.endswith("trained with Caffe fast path, 2 thread(s) then Caffe fast path, 1 thread(s)")
     assert "trained with" not in R.label(result("viper", "mtdnet"))     # an older record: nothing claimed
+    r = result("viper", "mtdnet", train_compute=[{"fast": True, "threads": 2, "cpus": 2},
+                                                 {"fast": True, "threads": 2, "cpus": 2, "conv": "onednn"}])
+    assert R.label(r).endswith("Caffe fast path, 2 thread(s) then Caffe fast path (oneDNN convolutions), 2 thread(s)")

@@ -137,12 +137,31 @@ namespace {
 #define MTDNET_KERNEL
 #endif
 
-struct ConvGeometry {
-  int channels, height, width;
-  int kernel_h, kernel_w, pad_h, pad_w, stride_h, stride_w, dilation_h,
-      dilation_w;
-  int out_h, out_w;
-};
+template <typename Dtype>
+MTDNET_KERNEL void relu_forward_span(const Dtype* x, Dtype* y, size_t n, Dtype slope) {
+  for (size_t i = 0; i < n; ++i) y[i] = std::max(x[i], Dtype(0)) + slope * std::min(x[i], Dtype(0));
+}
+
+template <typename Dtype>
+MTDNET_KERNEL void relu_backward_span(const Dtype* x, const Dtype* dy, Dtype* dx, size_t n,
+                                      Dtype slope) {
+  for (size_t i = 0; i < n; ++i) dx[i] = dy[i] * ((x[i] > 0) + slope * (x[i] <= 0));
+}
+
+// f(begin, length) over `count` elements, in one span per thread (multiples of 64 bytes).
+template <typename F>
+void over_threads(size_t count, F f) {
+  const int threads = count > 32768 ? mtdnet_cpu_threads() : 1;
+  const size_t step = ((count + threads - 1) / threads + 15) / 16 * 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int t = 0; t < threads; ++t) {
+    const size_t from = std::min(count, t * step);
+    f(from, std::min(count, from + step) - from);
+  }
+}
+
+// A convolution's geometry (channels: all input channels, of every group).
+typedef MtdnetConvShape ConvGeometry;
 
 // The output columns [lo, hi) whose input column ow * stride + offset lies
 // inside [0, width): the loops below run branch-free over them.
@@ -150,6 +169,43 @@ inline void valid_range(int offset, int stride, int width, int out_w, int* lo, i
   *lo = offset >= 0 ? 0 : std::min(out_w, (-offset + stride - 1) / stride);
   *hi = width - offset <= 0 ? 0 : std::min(out_w, (width - offset + stride - 1) / stride);
   *hi = std::max(*hi, *lo);
+}
+
+// Max pooling of one plane: each output the first largest input of its window in
+// row-major order (stock's strict >), with selects instead of branches (after a
+// ReLU, inputs tie at zero and stock's comparisons mispredict); the index goes to
+// `mask` (int) or `top_mask` (Dtype), whichever is not NULL.
+template <typename Dtype>
+MTDNET_KERNEL void max_pool_plane(const Dtype* in, int height, int width, int pooled_h,
+    int pooled_w, int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
+    Dtype* out, Dtype* top_mask, int* mask) {
+  for (int ph = 0; ph < pooled_h; ++ph) {
+    for (int pw = 0; pw < pooled_w; ++pw) {
+      int hstart = ph * stride_h - pad_h;
+      int wstart = pw * stride_w - pad_w;
+      const int hend = std::min(hstart + kernel_h, height);
+      const int wend = std::min(wstart + kernel_w, width);
+      hstart = std::max(hstart, 0);
+      wstart = std::max(wstart, 0);
+      Dtype best = -FLT_MAX;
+      int best_index = -1;
+      for (int h = hstart; h < hend; ++h) {
+        for (int w = wstart; w < wend; ++w) {
+          const Dtype v = in[h * width + w];
+          const bool larger = v > best;
+          best = larger ? v : best;
+          best_index = larger ? h * width + w : best_index;
+        }
+      }
+      const int i = ph * pooled_w + pw;
+      out[i] = best;
+      if (mask) {
+        mask[i] = best_index;
+      } else {
+        top_mask[i] = static_cast<Dtype>(best_index);
+      }
+    }
+  }
 }
 
 // im2col in two steps. First each input row is split into its stride phases
@@ -270,7 +326,49 @@ struct ConvPlan {
   Dtype* phases;
 };
 
+// The im2col path's chunk of images and its workspace.
+template <typename Dtype>
+void conv_workspace(ConvPlan<Dtype>& p) {
+  const ConvGeometry& g = p.g;
+  const size_t phase_floats = static_cast<size_t>(g.channels) * phase_plane(g);
+  const size_t per_image = static_cast<size_t>(p.rows + p.out_channels) * p.spatial + phase_floats;
+  static const size_t budget = [] {
+    const char* v = std::getenv("MTDNET_CONV_WORKSPACE_MB");
+    const double mb = v ? std::atof(v) : 0;
+    return mb > 0 ? static_cast<size_t>(mb * (1 << 20) / sizeof(float))
+                  : kMtdnetConvWorkspaceFloats;
+  }();
+  const size_t fit = budget / std::max<size_t>(per_image, 1);
+  p.chunk = static_cast<int>(std::max<size_t>(1, std::min<size_t>(fit, g.num)));
+  p.max_cols = static_cast<size_t>(p.chunk) * p.spatial;
+  p.col = mtdnet_workspace<Dtype>((p.rows + p.out_channels) * p.max_cols +
+      std::max(p.chunk * phase_floats, static_cast<size_t>(p.group_rows) * p.group_out));
+  p.out = p.col + p.rows * p.max_cols;
+  p.phases = p.out + p.out_channels * p.max_cols;
+}
+
 }  // namespace
+
+// ---------------------------------------------------------------- ReLU
+
+template <typename Dtype>
+void mtdnet_relu_forward(const Dtype* x, Dtype* y, int count, Dtype negative_slope) {
+  over_threads(count, [=](size_t from, size_t n) {
+    relu_forward_span(x + from, y + from, n, negative_slope);
+  });
+}
+template void mtdnet_relu_forward<float>(const float*, float*, int, float);
+template void mtdnet_relu_forward<double>(const double*, double*, int, double);
+
+template <typename Dtype>
+void mtdnet_relu_backward(const Dtype* x, const Dtype* dy, Dtype* dx, int count,
+                          Dtype negative_slope) {
+  over_threads(count, [=](size_t from, size_t n) {
+    relu_backward_span(x + from, dy + from, dx + from, n, negative_slope);
+  });
+}
+template void mtdnet_relu_backward<float>(const float*, const float*, float*, int, float);
+template void mtdnet_relu_backward<double>(const double*, const double*, double*, int, double);
 
 // ---------------------------------------------------------------- convolution
 
@@ -306,21 +404,11 @@ bool BaseConvolutionLayer<Dtype>::mtdnet_conv_plan(void* plan) {
   p.group_out = conv_out_channels_ / group_;
   p.spatial = conv_out_spatial_dim_;
   p.threads = mtdnet_cpu_threads();
-  const size_t phase_floats = static_cast<size_t>(g.channels) * phase_plane(g);
-  const size_t per_image = static_cast<size_t>(p.rows + p.out_channels) * p.spatial + phase_floats;
-  static const size_t budget = [] {
-    const char* v = std::getenv("MTDNET_CONV_WORKSPACE_MB");
-    const double mb = v ? std::atof(v) : 0;
-    return mb > 0 ? static_cast<size_t>(mb * (1 << 20) / sizeof(float))
-                  : kMtdnetConvWorkspaceFloats;
-  }();
-  const size_t fit = budget / std::max<size_t>(per_image, 1);
-  p.chunk = static_cast<int>(std::max<size_t>(1, std::min<size_t>(fit, num_)));
-  p.max_cols = static_cast<size_t>(p.chunk) * p.spatial;
-  p.col = mtdnet_workspace<Dtype>((p.rows + p.out_channels) * p.max_cols +
-      std::max(p.chunk * phase_floats, static_cast<size_t>(p.group_rows) * p.group_out));
-  p.out = p.col + p.rows * p.max_cols;
-  p.phases = p.out + p.out_channels * p.max_cols;
+  g.num = num_;
+  g.out_channels = conv_out_channels_;
+  g.groups = group_;
+  g.bias = bias_term_;
+  p.col = p.out = p.phases = NULL;  // conv_workspace, for the im2col path
   return true;
 }
 
@@ -335,6 +423,8 @@ bool BaseConvolutionLayer<Dtype>::mtdnet_forward_cpu(
   for (int i = 0; i < bottom.size(); ++i) {
     const Dtype* bottom_data = bottom[i]->cpu_data();
     Dtype* top_data = top[i]->mutable_cpu_data();
+    if (mtdnet_dnnl_forward(g, bottom_data, weight, bias, top_data)) continue;
+    if (!p.col) conv_workspace(p);
     for (int n0 = 0; n0 < num_; n0 += p.chunk) {
       const int images = std::min(p.chunk, num_ - n0);
       const size_t cols = static_cast<size_t>(images) * p.spatial;
@@ -382,6 +472,11 @@ bool BaseConvolutionLayer<Dtype>::mtdnet_backward_cpu(
     if (!weight_diff && !bias_diff && !bottom_diff) continue;
     const Dtype* top_diff = top[i]->cpu_diff();
     const Dtype* bottom_data = bottom[i]->cpu_data();
+    if (mtdnet_dnnl_backward(g, bottom_data, weight, top_diff, weight_diff, bias_diff,
+                             bottom_diff)) {
+      continue;
+    }
+    if (!p.col) conv_workspace(p);
     for (int n0 = 0; n0 < num_; n0 += p.chunk) {
       const int images = std::min(p.chunk, num_ - n0);
       const size_t cols = static_cast<size_t>(images) * p.spatial;
@@ -467,36 +562,10 @@ bool PoolingLayer<Dtype>::mtdnet_forward_cpu(const vector<Blob<Dtype>*>& bottom,
   const int out_plane = pooled_height_ * pooled_width_;
 #pragma omp parallel for num_threads(mtdnet_cpu_threads()) schedule(static)
   for (int p = 0; p < planes; ++p) {
-    const Dtype* in = bottom_data + static_cast<size_t>(p) * in_plane;
     const size_t o = static_cast<size_t>(p) * out_plane;
-    for (int ph = 0; ph < pooled_height_; ++ph) {
-      for (int pw = 0; pw < pooled_width_; ++pw) {
-        int hstart = ph * stride_h_ - pad_h_;
-        int wstart = pw * stride_w_ - pad_w_;
-        const int hend = std::min(hstart + kernel_h_, height_);
-        const int wend = std::min(wstart + kernel_w_, width_);
-        hstart = std::max(hstart, 0);
-        wstart = std::max(wstart, 0);
-        Dtype best = -FLT_MAX;
-        int best_index = -1;
-        for (int h = hstart; h < hend; ++h) {
-          for (int w = wstart; w < wend; ++w) {
-            const int index = h * width_ + w;
-            if (in[index] > best) {
-              best = in[index];
-              best_index = index;
-            }
-          }
-        }
-        const int pool_index = ph * pooled_width_ + pw;
-        top_data[o + pool_index] = best;
-        if (use_top_mask) {
-          top_mask[o + pool_index] = static_cast<Dtype>(best_index);
-        } else {
-          mask[o + pool_index] = best_index;
-        }
-      }
-    }
+    max_pool_plane(bottom_data + static_cast<size_t>(p) * in_plane, height_, width_,
+        pooled_height_, pooled_width_, kernel_h_, kernel_w_, stride_h_, stride_w_, pad_h_, pad_w_,
+        top_data + o, use_top_mask ? top_mask + o : NULL, use_top_mask ? NULL : mask + o);
   }
   return true;
 }

@@ -32,9 +32,37 @@ void mtdnet_gemm(const CBLAS_TRANSPOSE ta, const CBLAS_TRANSPOSE tb,
     int m, int n, int k, Dtype alpha, const Dtype* a, int lda, const Dtype* b,
     int ldb, Dtype beta, Dtype* c, int ldc);
 
+// ReLU over the cores with vectorised loops, as stock's element loops compute it.
+template <typename Dtype>
+void mtdnet_relu_forward(const Dtype* x, Dtype* y, int count, Dtype negative_slope);
+template <typename Dtype>
+void mtdnet_relu_backward(const Dtype* x, const Dtype* dy, Dtype* dx, int count,
+                          Dtype negative_slope);
+
 // A scratch buffer per thread and type that only grows.
 template <typename Dtype>
 Dtype* mtdnet_workspace(size_t count);
+
+// The convolution engine (util/mtdnet_dnnl.cpp): oneDNN's direct convolution
+// on float, where it takes the shape; false leaves the call to the im2col path.
+// MTDNET_CAFFE_DNNL=0 selects the im2col path for every call.
+struct MtdnetConvShape {
+  int num, channels, height, width, out_channels, out_h, out_w;
+  int kernel_h, kernel_w, pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w;
+  int groups;
+  bool bias;
+};
+bool mtdnet_dnnl_on();
+// y = conv(x, w) + b.
+bool mtdnet_dnnl_forward(const MtdnetConvShape& s, const float* x, const float* w,
+                         const float* b, float* y);
+// As Caffe: dw += dL/dw and db += dL/db where not NULL, dx = dL/dx where not NULL.
+bool mtdnet_dnnl_backward(const MtdnetConvShape& s, const float* x, const float* w,
+                          const float* dy, float* dw, float* db, float* dx);
+inline bool mtdnet_dnnl_forward(const MtdnetConvShape&, const double*, const double*,
+                                const double*, double*) { return false; }
+inline bool mtdnet_dnnl_backward(const MtdnetConvShape&, const double*, const double*,
+                                 const double*, double*, double*, double*) { return false; }
 
 }  // namespace caffe
 
