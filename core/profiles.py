@@ -76,10 +76,11 @@ class Profile:
     shift: int = 0
     # Forward + backward of the MTDnet train net per iteration on the project's 2-core
     # machine with our Caffe build's CPU fast path (README, "How fast it trains"): what
-    # `make train` and `make table1 DRY_RUN=1` estimate times with. The stock build's
-    # measured time divided by the fast path's speed-up in one bench run (the VM's own
-    # speed drifts by up to 1.6x between runs): paper 23.2 s / 1.36.
-    seconds_per_iter: float = 17.0
+    # `make train` and `make table1 DRY_RUN=1` estimate times with. paper: the fast
+    # path's forward + backward in `make bench BENCH_ARGS="--parts caffe"` (8.94 s; the
+    # data layer adds little at this size; the VM's own speed drifts by up to 1.6x
+    # between runs).
+    seconds_per_iter: float = 9.0
     # The data path (README, "GPU"): TripletDataLayer worker processes building batches
     # ahead of the solver (0: in the solver's thread; the batch sequence is the same for
     # any count), and how pairs are regrouped: "python" (PairRegroupLayer, host memory)
@@ -244,8 +245,9 @@ _CPU = dataclasses.replace(
     _PAPER, name="cpu", input_size=127,
     conv1=24, conv2=64, conv3=96, conv4=96, conv5=64, fc6=1024, fc7=1024, feat=128,
     max_iter=5000, max_iter_cuhk03=50000, input_scale=1 / 256, weight_filler="msra", biases="caffenet",
-    # make train, VIPeR, fast path: 1600 iterations in 1120 s (data layer and solver included)
-    release_solver_exceptions=False, seconds_per_iter=0.70)
+    # make train, CUHK03 detected, scratch MTDnet, oneDNN fast path, 2 threads: 0.36 s per
+    # iteration over thousands of iterations (data layer, solver and snapshots included)
+    release_solver_exceptions=False, seconds_per_iter=0.36)
 # scratch: cpu's net, tuned for training from scratch on a small set within 45
 # minutes on 2 cores (docs/viper_scratch.md). Chosen on VIPeR's `val` split only
 # (100 of the paper split's training identities held out, 216 trained on): with
