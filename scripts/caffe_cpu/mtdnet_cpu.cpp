@@ -42,16 +42,18 @@ namespace {
 std::atomic<int> fast_path(-1);
 }  // namespace
 
-bool mtdnet_cpu_fast() {
-  int on = fast_path.load(std::memory_order_relaxed);
+bool mtdnet_switch(std::atomic<int>* state, const char* env) {
+  int on = state->load(std::memory_order_relaxed);
   if (on < 0) {
-    const char* v = std::getenv("MTDNET_CAFFE_FAST");
+    const char* v = std::getenv(env);
     on = (v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "no") == 0 ||
                 std::strcmp(v, "false") == 0)) ? 0 : 1;
-    fast_path.store(on, std::memory_order_relaxed);
+    state->store(on, std::memory_order_relaxed);
   }
   return on == 1;
 }
+
+bool mtdnet_cpu_fast() { return mtdnet_switch(&fast_path, "MTDNET_CAFFE_FAST"); }
 
 // One pool of threads: OpenBLAS would keep its own workers spinning beside
 // OpenMP's (on 2 cores the two pools take turns by the scheduler's time slice).

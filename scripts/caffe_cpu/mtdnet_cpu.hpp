@@ -3,11 +3,16 @@
 #ifndef CAFFE_UTIL_MTDNET_CPU_HPP_
 #define CAFFE_UTIL_MTDNET_CPU_HPP_
 
+#include <atomic>
 #include <cstddef>
 
 #include "caffe/util/mkl_alternate.hpp"  // CBLAS_TRANSPOSE
 
 namespace caffe {
+
+// A run-time switch: *state once read from the environment variable `env` (0, no
+// or false: off; anything else or unset: on), -1 until then; the tests set it.
+bool mtdnet_switch(std::atomic<int>* state, const char* env);
 
 // False when MTDNET_CAFFE_FAST=0 (or no / false): the stock code paths run.
 bool mtdnet_cpu_fast();

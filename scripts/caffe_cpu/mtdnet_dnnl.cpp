@@ -29,7 +29,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <string>
 #include <unordered_map>
 
 #include "caffe/common.hpp"
@@ -106,9 +105,9 @@ std::unique_ptr<Primitives> make_primitives(const MtdnetConvShape& s, tag layout
   p->weights_pd = dnnl::convolution_backward_weights::primitive_desc(wd, attr, cpu_engine(),
                                                                       p->forward_pd);
   p->gemm = false;
-  for (const std::string& impl : {p->forward_pd.impl_info_str(), p->data_pd.impl_info_str(),
-                                  p->weights_pd.impl_info_str()}) {
-    p->gemm = p->gemm || impl.find("gemm") != std::string::npos;
+  for (const char* impl : {p->forward_pd.impl_info_str(), p->data_pd.impl_info_str(),
+                           p->weights_pd.impl_info_str()}) {
+    p->gemm = p->gemm || std::strstr(impl, "gemm") != NULL;
   }
   p->forward = dnnl::convolution_forward(p->forward_pd);
   p->data = dnnl::convolution_backward_data(p->data_pd);
@@ -209,25 +208,21 @@ void add_into(float* to, const float* from, size_t n, int threads) {
   for (size_t i = 0; i < n; ++i) to[i] += from[i];
 }
 
+// The primitives for this call, or NULL when the im2col path is to run it.
+const Primitives* engaged(const MtdnetConvShape& s) {
+  if (!mtdnet_dnnl_on()) return NULL;
+  const int threads = mtdnet_cpu_threads();
+  omp_set_num_threads(threads);  // oneDNN runs on OpenMP's default team
+  return primitives_for(s, threads);
+}
+
 }  // namespace
 
-bool mtdnet_dnnl_on() {
-  int on = dnnl_path.load(std::memory_order_relaxed);
-  if (on < 0) {
-    const char* v = std::getenv("MTDNET_CAFFE_DNNL");
-    on = (v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "no") == 0 ||
-                std::strcmp(v, "false") == 0)) ? 0 : 1;
-    dnnl_path.store(on, std::memory_order_relaxed);
-  }
-  return on == 1;
-}
+bool mtdnet_dnnl_on() { return mtdnet_switch(&dnnl_path, "MTDNET_CAFFE_DNNL"); }
 
 bool mtdnet_dnnl_forward(const MtdnetConvShape& s, const float* x, const float* w,
                          const float* b, float* y) {
-  if (!mtdnet_dnnl_on()) return false;
-  const int threads = mtdnet_cpu_threads();
-  omp_set_num_threads(threads);  // oneDNN runs on OpenMP's default team
-  const Primitives* p = primitives_for(s, threads);
+  const Primitives* p = engaged(s);
   if (!p) return false;
   const dnnl::convolution_forward::primitive_desc& pd = p->forward_pd;
   Temporaries t;
@@ -252,11 +247,9 @@ bool mtdnet_dnnl_forward(const MtdnetConvShape& s, const float* x, const float* 
 
 bool mtdnet_dnnl_backward(const MtdnetConvShape& s, const float* x, const float* w,
                           const float* dy, float* dw, float* db, float* dx) {
-  if (!mtdnet_dnnl_on()) return false;
-  const int threads = mtdnet_cpu_threads();
-  omp_set_num_threads(threads);
-  const Primitives* p = primitives_for(s, threads);
+  const Primitives* p = engaged(s);
   if (!p) return false;
+  const int threads = mtdnet_cpu_threads();
   const memory top_diff = user(p->dst, dy);
   if (dw) {
     const dnnl::convolution_backward_weights::primitive_desc& pd = p->weights_pd;
