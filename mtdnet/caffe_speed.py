@@ -315,18 +315,22 @@ def load(out):
         shutil.rmtree(os.path.dirname(out), ignore_errors=True)
 
 
+def _text(net):
+    """A net's prototxt text: the text itself, or a NetCase's generated one."""
+    return net if isinstance(net, str) else net.net_text()
+
+
 def capture(net, mode, seed=GOLDEN_SEED, env=None, forward=None, backward=None):
     """Every array of one forward + backward of net (a NetCase or a net's text) in a child
     started in `mode`; forward / backward override the code path of that half."""
-    text = net if isinstance(net, str) else net.net_text()
-    job = dict(kind="capture", net_text=text, seed=seed, forward=forward, backward=backward)
+    job = dict(kind="capture", net_text=_text(net), seed=seed, forward=forward, backward=backward)
     return load(run_child(mode, job, env=env))
 
 
 def child_info(mode, env=None, net=None, seed=GOLDEN_SEED):
     """caffe_threads() of a child process in this mode; with a net (NetCase or text), also
     "onednn_calls": the convolution calls oneDNN ran in one forward + backward of it."""
-    text = net if net is None or isinstance(net, str) else net.net_text()
+    text = None if net is None else _text(net)
     return load(run_child(mode, dict(kind="info", net_text=text, seed=seed), env=env))
 
 
