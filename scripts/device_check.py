@@ -1,4 +1,4 @@
-"""The prepared GPU check (issue 14): one run on the GPU machine, one JSON.
+"""The GPU check: one run on the GPU machine, one JSON.
 
 Run through scripts/device_run.sh (which sets up the packed Caffe, Python and
 libraries; see scripts/device_pack.sh). Parts, each timed and recorded even when
@@ -14,11 +14,14 @@ another fails:
   caffe_time     `caffe time -gpu 0` of the paper mtdnet (Python and Caffe regroup) and
                  rnk train nets with Input layers instead of the data layer; each train
                  run's overhead over it (data layer + Python layers)
+  scratch        `caffe train` of the scratch profile's MTDnet, cls and rnk nets (300
+                 iterations each) and `caffe time` of its MTDnet: what the CPU's Table 1
+                 stages (CUHK03: 30000 iterations) would take on this GPU
   scoring        pair scores and triplet features of a tiny deploy net scored on the GPU
                  vs the CPU (mtdnet/scoring.py)
 --cpu (the rehearsal on a machine without a GPU): everything in CPU mode, 2 paper
 iterations instead of 200/100, so the pack and the script are proven before the one
-GPU call. Targets (issue 14): train within 15% of caffe time; GPU vs CPU within 1e-4.
+GPU call. Targets: train within 15% of caffe time; GPU vs CPU within 1e-4.
 """
 import argparse
 import json
@@ -197,19 +200,19 @@ def part_agreement(a, tmp):
 PAPER = "paper"    # --profile: the train / caffe_time parts' profile (tiny: a quick rehearsal)
 
 
-def _paper_nets(tmp, overrides=()):
-    prof = get_profile(PAPER, list(overrides))
-    d = os.path.join(tmp, f"{PAPER}_data")
+def _paper_nets(tmp, overrides=(), profile=None):
+    prof = get_profile(profile or PAPER, list(overrides))
+    d = os.path.join(tmp, f"{prof.name}_data")
     if not os.path.exists(os.path.join(d, "t.npy")):
         random_data(d, 512, prof.input_size, 4000, 3)
     return prof, (os.path.join(d, "images.lmdb"), os.path.join(d, "t.npy"))
 
 
-def _train(a, tmp, name, iters, overrides):
-    prof, data = _paper_nets(tmp, overrides)
+def _train(a, tmp, name, iters, overrides, profile=None, variant="mtdnet"):
+    prof, data = _paper_nets(tmp, overrides, profile)
     net_path = os.path.join(tmp, f"train_{name}.prototxt")
     with open(net_path, "w") as f:
-        f.write(str(nets.train_net(get_variant("mtdnet"), prof, prof.batch_triplets, data).to_proto()))
+        f.write(str(nets.train_net(get_variant(variant), prof, prof.batch_triplets, data).to_proto()))
     solver = os.path.join(tmp, f"solver_{name}.prototxt")
     with open(solver, "w") as f:
         f.write(f'net: "{net_path}"\nbase_lr: 0.0001\nlr_policy: "fixed"\nmomentum: 0.9\nweight_decay: 0.0005\n'
@@ -224,7 +227,8 @@ def _train(a, tmp, name, iters, overrides):
     s_per_iter = (times[its[-1]] - times[its[0]]) / (its[-1] - its[0]) if len(its) >= 2 else None
     return dict(rc=rc, iterations=iters, wall_s=secs, s_per_iter=s_per_iter,
                 it_per_s=1 / s_per_iter if s_per_iter else None, peak_gpu_mem_mib=mem.peak,
-                overrides=list(overrides), log_tail=log.strip().splitlines()[-6:] if rc else None)
+                profile=prof.name, variant=variant, overrides=list(overrides),
+                log_tail=log.strip().splitlines()[-6:] if rc else None)
 
 
 def part_train(a, tmp):
@@ -235,8 +239,8 @@ def part_train(a, tmp):
                                               ["prefetch_workers=4", "pair_regroup=caffe"])}
 
 
-def _caffe_time(a, tmp, name, variant, overrides):
-    prof, data = _paper_nets(tmp, overrides)
+def _caffe_time(a, tmp, name, variant, overrides, profile=None):
+    prof, data = _paper_nets(tmp, overrides, profile)
     param = caffe.proto.caffe_pb2.NetParameter()
     text_format.Merge(str(nets.train_net(get_variant(variant), prof, prof.batch_triplets, data).to_proto()), param)
     inp, _ = W.with_input_layers(param, batch=prof.batch_triplets, where=name)
@@ -247,9 +251,14 @@ def _caffe_time(a, tmp, name, variant, overrides):
     rc, log, secs = sh([CAFFE, "time", "-model", path, "-iterations", str(iters)] + ([] if a.cpu else ["-gpu", "0"]),
                        a.train_timeout, env=dict(GLOG_minloglevel="0", GLOG_logtostderr="1"))
     ms = [float(x) for x in re.findall(r"Iteration: \d+ forward-backward time: ([\d.]+) ms", log)]
+    per_layer = {}     # the layers' mean forward + backward, where the time goes
+    for layer, _, t in re.findall(r"\]\s+(\S+)\t(forward|backward): ([\d.eE+-]+) ms", log):
+        per_layer[layer] = per_layer.get(layer, 0.0) + float(t)
+    top = dict(sorted(per_layer.items(), key=lambda kv: -kv[1])[:10])
     # The mean, as the train runs' s/iter is a mean over their iterations.
     return dict(rc=rc, iterations=iters, wall_s=secs, s_per_iter=(float(np.mean(ms)) / 1000 if ms else None),
                 s_per_iter_min=(min(ms) / 1000 if ms else None),
+                top_layers_ms=top, layers_total_ms=sum(per_layer.values()),
                 log_tail=log.strip().splitlines()[-6:] if rc else None)
 
 
@@ -257,6 +266,22 @@ def part_caffe_time(a, tmp):
     return {"mtdnet": _caffe_time(a, tmp, "mtdnet", "mtdnet", []),
             "mtdnet_caffe_regroup": _caffe_time(a, tmp, "mtdnet_caffe_regroup", "mtdnet", ["pair_regroup=caffe"]),
             "rnk": _caffe_time(a, tmp, "rnk", "rnk", [])}
+
+
+SCRATCH = "scratch"   # the profile the Table 1 runs train on the CPU (CUHK03: 30000 iterations)
+
+
+def part_scratch(a, tmp):
+    """What the CPU's Table 1 stages would take on this GPU: `caffe train` of the scratch
+    MTDnet, cls and rnk nets (default prefetch) and `caffe time` of scratch MTDnet."""
+    n = 2 if a.cpu else a.scratch_iters
+    out = {v: _train(a, tmp, f"scratch_{v}", n, [], profile=SCRATCH, variant=v) for v in a.scratch_variants.split(",")}
+    out["mtdnet_prefetch4_caffe_regroup"] = _train(a, tmp, "scratch_mtdnet_caffe_regroup", n,
+                                                   ["prefetch_workers=4", "pair_regroup=caffe"], profile=SCRATCH)
+    out["caffe_time_mtdnet"] = _caffe_time(a, tmp, "scratch_mtdnet", "mtdnet", [], profile=SCRATCH)
+    out["caffe_time_mtdnet_caffe_regroup"] = _caffe_time(a, tmp, "scratch_mtdnet_caffe_regroup", "mtdnet",
+                                                         ["pair_regroup=caffe"], profile=SCRATCH)
+    return out
 
 
 def part_scoring(a, tmp):
@@ -294,7 +319,7 @@ def part_scoring(a, tmp):
 
 
 PARTS = dict(device_query=part_device_query, agreement=part_agreement, scoring=part_scoring,
-             caffe_time=part_caffe_time, train=part_train)
+             caffe_time=part_caffe_time, train=part_train, scratch=part_scratch)
 
 
 def main():
@@ -305,6 +330,8 @@ def main():
     ap.add_argument("--train-timeout", type=int, default=150,
                     help="seconds per caffe run; a run cut short keeps the iterations it logged")
     ap.add_argument("--profile", default="paper", help="profile of the train and caffe_time parts")
+    ap.add_argument("--scratch-iters", type=int, default=300, help="iterations of each scratch-profile train run")
+    ap.add_argument("--scratch-variants", default="mtdnet,cls,rnk", help="the scratch part's variants")
     a = ap.parse_args()
     global PAPER
     PAPER = a.profile
@@ -342,6 +369,11 @@ def main():
                                              / ct["mtdnet_caffe_regroup"]["s_per_iter"] - 1)
     except Exception as e:
         summary["incomplete"] = repr(e)
+    sc = doc.get("scratch", {})
+    for v in ("mtdnet", "cls", "rnk", "mtdnet_prefetch4_caffe_regroup"):
+        spi = sc.get(v, {}).get("s_per_iter") if isinstance(sc.get(v), dict) else None
+        if spi:
+            summary[f"scratch_{v}_30000_iterations_minutes"] = 30000 * spi / 60
     summary["gpu_cpu_agree"] = bool(doc.get("agreement", {}).get("all_ok")) and \
         all(v.get("ok") for v in doc.get("scoring", {}).values() if isinstance(v, dict) and "ok" in v)
     doc["summary"] = summary
