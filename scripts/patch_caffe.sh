@@ -2,6 +2,7 @@
 # Source patches applied to the unpacked Caffe tree before building.
 # usage: patch_caffe.sh CAFFE_SRC_DIR [cuda|stock]
 set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"   # before the cd: a relative $0 still resolves
 cd "$1"
 # 1. pycaffe's _caffe.so is linked with rpath $ORIGIN/../../build/lib, but this
 #    Makefile builds into .temp_release/: point the rpath at the real library so
@@ -46,7 +47,6 @@ echo "patch_caffe: ok"
 #    stock code paths, which stay in the build unchanged. Skipped with a second
 #    argument "stock" (the unpatched reference build).
 if [ "${2:-}" != "stock" ]; then
-  HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
   cp "$HERE/caffe_cpu/mtdnet_cpu.hpp" include/caffe/util/mtdnet_cpu.hpp
   cp "$HERE/caffe_cpu/mtdnet_cpu.cpp" src/caffe/util/mtdnet_cpu.cpp
   cp "$HERE/caffe_cpu/mtdnet_dnnl.cpp" src/caffe/util/mtdnet_dnnl.cpp
@@ -88,12 +88,12 @@ if [ "${2:-}" != "stock" ]; then
     s|(\n    )(for \(int i = 0; i < count; \+\+i\) \{\n      bottom_diff\[i\] = )|$1if (mtdnet_cpu_fast()) {\n      mtdnet_relu_backward(bottom_data, top_diff, bottom_diff, count, negative_slope);\n      return;\n    }$1$2|' "$f"
   [ "$(grep -c 'mtdnet_relu_\(forward\|backward\)(' "$f")" = 2 ]
   # F6. Power (the nets' input scaling): the stock copy, scal and add_scalar as one
-  #     vectorised loop over the cores (the same operations in the same order).
+  #     vectorised kernel over the cores (the same operations in the same order).
   f=src/caffe/layers/power_layer.cpp
   grep -q '^  caffe_copy(count, bottom_data, top_data);$' "$f"
   perl -0pi -e 's|(#include "caffe/layers/power_layer.hpp"\n)|$1#include "caffe/util/mtdnet_cpu.hpp"\n|;
-    s|(  const Dtype\* bottom_data = bottom\[0\]->cpu_data\(\);\n)(  caffe_copy\(count, bottom_data, top_data\);\n)|$1  if (mtdnet_cpu_fast() && power_ == Dtype(1)) {\n    const Dtype scale = scale_, shift = shift_;\n    #pragma omp parallel for simd num_threads(mtdnet_cpu_threads()) schedule(static) if (count > 32768)\n    for (int i = 0; i < count; ++i) top_data[i] = bottom_data[i] * scale + shift;\n    return;\n  }\n$2|' "$f"
-  [ "$(grep -c '#pragma omp parallel for simd' "$f")" = 1 ]
+    s|(  const Dtype\* bottom_data = bottom\[0\]->cpu_data\(\);\n)(  caffe_copy\(count, bottom_data, top_data\);\n)|$1  if (mtdnet_cpu_fast() && power_ == Dtype(1)) {\n    mtdnet_scale_shift(bottom_data, top_data, count, scale_, shift_);\n    return;\n  }\n$2|' "$f"
+  [ "$(grep -c 'mtdnet_scale_shift(' "$f")" = 1 ]
   echo "patch_caffe: CPU fast path ok"
 fi
 # ----------------------------------------------------------------- CUDA 13

@@ -39,8 +39,9 @@ def test_plan_orders_the_stages_and_names_what_is_absent(shared):
     # The source's MTDnet before its single-task variants; its snapshots chosen on validation.
     assert what.index("CUHK03 (detected): train MTDnet") < what.index("CUHK03 (detected): train MTDnet-cls")
     assert all("SELECT=1" in s.command() for s in steps if s.what.startswith("CUHK03 (detected): evaluate"))
-    # 5000 CUHK03 iterations at ~1 s each: the estimate says so.
-    assert steps[1].seconds == pytest.approx(5000 * get_profile("scratch").seconds_per_iter)
+    # The profile's CUHK03 iterations at its seconds per iteration: the estimate says so.
+    prof = get_profile("scratch")
+    assert steps[1].seconds == pytest.approx(prof.max_iter_cuhk03 * prof.seconds_per_iter)
     text = table1.describe(steps, notes)
     assert "make train DATASET=cuhk03detected PROFILE=scratch VARIANT=mtdnet" in text
     assert "expected time of what is left on this machine" in text
@@ -69,7 +70,8 @@ def test_a_run_short_of_the_plans_iterations_is_resumed(shared):
     step = table1.plan("scratch")[0][1]
     run = Run.create("cuhk03detected", "mtdnet", get_profile("scratch"))
     os.makedirs(run.dir)
-    for iterations, done in ((1500, False), (5000, True), (6000, True)):
+    planned = get_profile("scratch").max_iter_cuhk03
+    for iterations, done in ((1500, False), (planned - 1, False), (planned, True), (planned + 1000, True)):
         atomic_write_json(run.info, {"iterations": iterations, "max_iter": iterations})
         assert step.done() is done, iterations
 

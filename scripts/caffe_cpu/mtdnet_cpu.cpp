@@ -150,6 +150,11 @@ MTDNET_KERNEL void relu_backward_span(const Dtype* x, const Dtype* dy, Dtype* dx
   for (size_t i = 0; i < n; ++i) dx[i] = dy[i] * ((x[i] > 0) + slope * (x[i] <= 0));
 }
 
+template <typename Dtype>
+MTDNET_KERNEL void scale_shift_span(const Dtype* x, Dtype* y, size_t n, Dtype scale, Dtype shift) {
+  for (size_t i = 0; i < n; ++i) y[i] = x[i] * scale + shift;
+}
+
 // f(begin, length) over `count` elements, in one span per thread (multiples of 64 bytes).
 template <typename F>
 void over_threads(size_t count, F f) {
@@ -371,6 +376,15 @@ void mtdnet_relu_backward(const Dtype* x, const Dtype* dy, Dtype* dx, int count,
 }
 template void mtdnet_relu_backward<float>(const float*, const float*, float*, int, float);
 template void mtdnet_relu_backward<double>(const double*, const double*, double*, int, double);
+
+template <typename Dtype>
+void mtdnet_scale_shift(const Dtype* x, Dtype* y, int count, Dtype scale, Dtype shift) {
+  over_threads(count, [=](size_t from, size_t n) {
+    scale_shift_span(x + from, y + from, n, scale, shift);
+  });
+}
+template void mtdnet_scale_shift<float>(const float*, float*, int, float, float);
+template void mtdnet_scale_shift<double>(const double*, double*, int, double, double);
 
 // ---------------------------------------------------------------- convolution
 

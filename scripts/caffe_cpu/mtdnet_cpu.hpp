@@ -44,6 +44,10 @@ template <typename Dtype>
 void mtdnet_relu_backward(const Dtype* x, const Dtype* dy, Dtype* dx, int count,
                           Dtype negative_slope);
 
+// y = x * scale + shift over the cores (Power with power 1: the nets' input scaling).
+template <typename Dtype>
+void mtdnet_scale_shift(const Dtype* x, Dtype* y, int count, Dtype scale, Dtype shift);
+
 // A scratch buffer per thread and type that only grows.
 template <typename Dtype>
 Dtype* mtdnet_workspace(size_t count);

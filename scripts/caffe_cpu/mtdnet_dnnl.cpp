@@ -199,6 +199,14 @@ memory in_layout(const memory& caffe, Temporaries& t, int slot) {
   reorder(caffe, t[slot]);
   return t[slot];
 }
+// Where oneDNN writes an output: Caffe's array itself when slot < 0, else slot
+// `slot` of t, which from_layout then reorders into Caffe's array.
+memory out_layout(const memory& caffe, Temporaries& t, int slot) {
+  return slot < 0 ? caffe : t[slot];
+}
+void from_layout(const memory& out, const memory& caffe, int slot) {
+  if (slot >= 0) reorder(out, caffe);
+}
 int slot_if_differs(const memory::desc& caffe, const memory::desc& want, Temporaries& t) {
   return caffe == want ? -1 : t.add(want);
 }
@@ -234,12 +242,12 @@ bool mtdnet_dnnl_forward(const MtdnetConvShape& s, const float* x, const float* 
   const memory src = in_layout(user(p->src, x), t, src_slot);
   const memory weights = in_layout(user(p->weights, w), t, w_slot);
   const memory top = user(p->dst, y);
-  const memory dst = dst_slot < 0 ? top : t[dst_slot];
+  const memory dst = out_layout(top, t, dst_slot);
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights},
       {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, t[pad_slot]}};
   if (s.bias) args[DNNL_ARG_BIAS] = user(p->bias, b);
   p->forward.execute(cpu_stream(), args);
-  if (dst_slot >= 0) reorder(dst, top);
+  from_layout(dst, top, dst_slot);
   cpu_stream().wait();
   dnnl_calls.fetch_add(1, std::memory_order_relaxed);
   return true;
@@ -295,12 +303,12 @@ bool mtdnet_dnnl_backward(const MtdnetConvShape& s, const float* x, const float*
     const int pad_slot = t.add(pd.scratchpad_desc());
     t.allocate();
     const memory bottom_diff = user(p->src, dx);
-    const memory diff_src = dx_slot < 0 ? bottom_diff : t[dx_slot];
+    const memory diff_src = out_layout(bottom_diff, t, dx_slot);
     p->data.execute(cpu_stream(), {
         {DNNL_ARG_DIFF_DST, in_layout(top_diff, t, dy_slot)},
         {DNNL_ARG_WEIGHTS, in_layout(user(p->weights, w), t, w_slot)},
         {DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_SCRATCHPAD, t[pad_slot]}});
-    if (dx_slot >= 0) reorder(diff_src, bottom_diff);
+    from_layout(diff_src, bottom_diff, dx_slot);
     cpu_stream().wait();
   }
   dnnl_calls.fetch_add(1, std::memory_order_relaxed);
