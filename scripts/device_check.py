@@ -14,9 +14,10 @@ another fails:
   caffe_time     `caffe time -gpu 0` of the paper mtdnet (Python and Caffe regroup) and
                  rnk train nets with Input layers instead of the data layer; each train
                  run's overhead over it (data layer + Python layers)
-  scratch        `caffe train` of the scratch profile's MTDnet, cls and rnk nets (300
-                 iterations each) and `caffe time` of its MTDnet: what the CPU's Table 1
-                 stages (CUHK03: 30000 iterations) would take on this GPU
+  scratch        `caffe train` of the scratch profile's MTDnet, cls and rnk nets and of
+                 MTDnet with 4 workers and Caffe regrouping (--scratch-iters each), and
+                 `caffe time` of its MTDnet (both regroupings, the ten slowest layers): what
+                 the CPU's Table 1 stages (CUHK03: 30000 iterations) would take on this GPU
   scoring        pair scores and triplet features of a tiny deploy net scored on the GPU
                  vs the CPU (mtdnet/scoring.py)
 --cpu (the rehearsal on a machine without a GPU): everything in CPU mode, 2 paper
