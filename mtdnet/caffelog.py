@@ -139,6 +139,14 @@ def caffe_time_ms(log_text):
     return its
 
 
+def caffe_time_layers(log_text):
+    """{layer: mean forward + backward ms} of a `caffe time` log's per-layer table."""
+    out = {}
+    for layer, _, ms in re.findall(r"\]\s+(\S+)\t(forward|backward): ([\d.eE+-]+) ms", log_text):
+        out[layer] = out.get(layer, 0.0) + float(ms)
+    return out
+
+
 # What Caffe was writing when it died: "Snapshotting to binary proto file <model>" and
 # "Snapshotting solver state to binary proto file <state>" come before each write.
 _SNAPSHOTTING = re.compile(r"Snapshotting (?:solver state )?to (?:binary proto|HDF5) file (\S+)")

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -46,8 +45,9 @@ import caffe  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from core import get_profile, get_variant  # noqa: E402
+from core.errors import MtdnetError  # noqa: E402
 from data_prep.imagedb import write_image_lmdb  # noqa: E402
-from mtdnet.caffelog import iteration_times  # noqa: E402
+from mtdnet.caffelog import caffe_time_layers, caffe_time_ms, iteration_times  # noqa: E402
 from prototxt import nets  # noqa: E402
 from prototxt import weights as W  # noqa: E402
 
@@ -251,10 +251,11 @@ def _caffe_time(a, tmp, name, variant, overrides, profile=None):
     iters = 2 if a.cpu else 20
     rc, log, secs = sh([CAFFE, "time", "-model", path, "-iterations", str(iters)] + ([] if a.cpu else ["-gpu", "0"]),
                        a.train_timeout, env=dict(GLOG_minloglevel="0", GLOG_logtostderr="1"))
-    ms = [float(x) for x in re.findall(r"Iteration: \d+ forward-backward time: ([\d.]+) ms", log)]
-    per_layer = {}     # the layers' mean forward + backward, where the time goes
-    for layer, _, t in re.findall(r"\]\s+(\S+)\t(forward|backward): ([\d.eE+-]+) ms", log):
-        per_layer[layer] = per_layer.get(layer, 0.0) + float(t)
+    try:
+        ms = caffe_time_ms(log)
+    except MtdnetError:    # recorded as None with the log's tail
+        ms = []
+    per_layer = caffe_time_layers(log)     # where the time goes
     top = dict(sorted(per_layer.items(), key=lambda kv: -kv[1])[:10])
     # The mean, as the train runs' s/iter is a mean over their iterations.
     return dict(rc=rc, iterations=iters, wall_s=secs, s_per_iter=(float(np.mean(ms)) / 1000 if ms else None),
@@ -371,10 +372,9 @@ def main():
     except Exception as e:
         summary["incomplete"] = repr(e)
     sc = doc.get("scratch", {})
-    for v in ("mtdnet", "cls", "rnk", "mtdnet_prefetch4_caffe_regroup"):
-        spi = sc.get(v, {}).get("s_per_iter") if isinstance(sc.get(v), dict) else None
-        if spi:
-            summary[f"scratch_{v}_30000_iterations_minutes"] = 30000 * spi / 60
+    for k, v in sc.items():    # its train runs (caffe time has no data path)
+        if isinstance(v, dict) and v.get("s_per_iter") and not k.startswith("caffe_time"):
+            summary[f"scratch_{k}_30000_iterations_minutes"] = 30000 * v["s_per_iter"] / 60
     summary["gpu_cpu_agree"] = bool(doc.get("agreement", {}).get("all_ok")) and \
         all(v.get("ok") for v in doc.get("scoring", {}).values() if isinstance(v, dict) and "ok" in v)
     doc["summary"] = summary

@@ -135,6 +135,10 @@ def test_caffe_log_iteration_times():
            "I1125 caffe.cpp:402] Iteration: 2 forward-backward time: 790.5 ms.\n"
            "I1125 caffe.cpp:420] Average Forward-Backward: 801.2 ms.\n")
     assert caffelog.caffe_time_ms(log) == [812.0, 790.5]
+    table = ("I1125 caffe.cpp:408]      conv1\tforward: 1.5 ms.\n"
+             "I1125 caffe.cpp:411]      conv1\tbackward: 2.25 ms.\n"
+             "I1125 caffe.cpp:408]  trp_loss\tforward: 0.125 ms.\n")
+    assert caffelog.caffe_time_layers(log + table) == {"conv1": 3.75, "trp_loss": 0.125}
 
 
 def test_pair_macs_split_the_net():
