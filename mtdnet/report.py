@@ -230,8 +230,9 @@ def table1_markdown(results, records=None):
             wall = f"; wall time: training {hours_minutes(info['train_seconds'])}"
             if r.get("score_seconds") is not None:
                 wall += f", scoring {hours_minutes(r['score_seconds'])}"
+        carried = "; carried over from this page's previous version" if r.get("kept") else ""
         lines.append(f"[{i}] {label(r)}; mAP {r['mAP']:.2f}{std}; gallery {_value(r.get('gallery_size'))}"
-                     f"{wall} (`{r['run']}/{os.path.basename(r['path'])}`)  ")
+                     f"{wall}{carried} (`{r['run']}/{os.path.basename(r['path'])}`)  ")
         if run is not None:
             train, ev = reproduce(r, run, info)
             lines.append(f"    reproduce: `{train}` then `{ev}`  ")
@@ -271,11 +272,13 @@ def _report_md_ours(path):
 
 
 def _report_file(rel):
-    """A file name a report writes (report.md, report_*.png, <run>/cmc-*.json, <run>/run.json)."""
+    """A file name a report writes (report.md, report_*.png, <run>/cmc-*.json, <run>/run.json,
+    <run>/ranked-*.png)."""
     parts = rel.split(os.sep)
     if len(parts) == 1:
         return rel == "report.md" or (rel.startswith("report_") and rel.endswith(".png"))
-    return len(parts) == 2 and (parts[1] == "run.json" or (parts[1].startswith("cmc-") and parts[1].endswith(".json")))
+    return len(parts) == 2 and (parts[1] == "run.json" or (parts[1].startswith("cmc-") and parts[1].endswith(".json"))
+                                or (parts[1].startswith("ranked-") and parts[1].endswith(".png")))
 
 
 def _report_folder_ours(folder):
@@ -310,25 +313,58 @@ def _check_replaceable_in_runs(runs_dir, names):
                               f"it. {KEEP_YOURS}")
 
 
-def build_report(runs_dir, out_dir=None):
+def kept_results(out_dir, runs_dir, results, warn=None):
+    """The results a report folder already cites that runs_dir lacks (another machine's runs,
+    or runs since removed), each with its copied training record: ([result], {path: (Run,
+    run.json)}). One whose training runs_dir holds in another state (retrained or resumed
+    since) is stale and left out, with a warning naming it."""
+    if not _report_folder_ours(out_dir):
+        return [], {}
+    have = {(r["run"], os.path.basename(r["path"])) for r in results}
+    kept, records = [], {}
+    for r in find_results(out_dir):
+        if (r["run"], os.path.basename(r["path"])) in have:
+            continue
+        run, info = training_record(r, out_dir)
+        if run is not None:
+            now = os.path.join(runs_dir, run.name, "run.json")
+            if os.path.isfile(now) and read_json(now, "run description") != info:
+                if warn:
+                    warn(f"left out {r['run']}/{os.path.basename(r['path'])} of {out_dir}: its training "
+                         f"{now} has changed since (evaluate it again with `make eval`)")
+                continue
+        r["kept"] = True
+        kept.append(r)
+        records[r["path"]] = (run, info)
+    return kept, records
+
+
+def build_report(runs_dir, out_dir=None, keep=True, warn=None):
     """Write report.md, report_cmc.png, report_ranked_<dataset>.png under out_dir (default:
     runs_dir). Into another folder (a docs page) it also copies what the notes cite: each
-    result's cmc JSON and its training's run.json, as <run>/<file>; that folder is replaced as a
-    whole, and only when it is new, empty or a report folder. Nothing is replaced until every
-    file is drawn, and never a file the report did not write.
+    result's cmc JSON and its training's run.json, as <run>/<file>, and the ranked galleries it
+    shows, as <run>/ranked-<protocol>.png; that folder is replaced as a whole, and only when it
+    is new, empty or a report folder. With keep, the results such a folder already cites that
+    runs_dir lacks stay in it (kept_results), so a machine holding only some of the runs can
+    update the page. Nothing is replaced until every file is drawn, and never a file the report
+    did not write. warn(message) hears of results left out.
 
     Returns (markdown, [written paths])."""
     if not os.path.isdir(runs_dir):
         raise MtdnetError(f"{runs_dir}: runs folder not found (--runs-dir)")
     results = find_results(runs_dir)
-    if not results:
-        raise MtdnetError(f"{runs_dir}: no cmc-<protocol>.json results; run `make eval` first")
     out_dir = out_dir or runs_dir
     elsewhere = os.path.realpath(out_dir) != os.path.realpath(runs_dir)
     guard = (_report_folder_ours, "a report", KEEP_YOURS)
     if elsewhere:
         require_replaceable(out_dir, *guard)
     records = {r["path"]: training_record(r, runs_dir) for r in results}
+    if elsewhere and keep:
+        kept, kept_records = kept_results(out_dir, runs_dir, results, warn)
+        results += kept
+        records.update(kept_records)
+    if not results:
+        raise MtdnetError(f"{runs_dir}: no cmc-<protocol>.json results; run `make eval` first")
     if elsewhere:
         with atomic_dir(out_dir, guard=guard) as tmp:
             md, names = _draw_report(results, records, tmp, runs_dir, copies=True)
@@ -359,6 +395,8 @@ def _draw_report(results, records, out_dir, runs_dir, copies):
     for d, (r, png) in sorted(best_per_dataset(results).items()):
         dst = os.path.join(out_dir, f"report_ranked_{d}.png")
         written.append(_copy(png, dst))
+        if copies:      # beside its result too, so that a later report keeping the result can show it
+            written.append(_copy(png, os.path.join(out_dir, r["run"], os.path.basename(png))))
         lines.append(f"- {dataset_title(d)}: `{os.path.basename(dst)}` "
                      f"(from `{r['run']}`, {r['protocol']} protocol, rank-1 {r['rank1']:.2f})")
     if copies:

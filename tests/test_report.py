@@ -248,3 +248,55 @@ def test_each_number_says_what_it_was_trained_with():
     r = result("viper", "mtdnet", train_compute=[{"fast": True, "threads": 2, "cpus": 2},
                                                  {"fast": True, "threads": 2, "cpus": 2, "conv": "onednn"}])
     assert R.label(r).endswith("Caffe fast path, 2 thread(s) then Caffe fast path (oneDNN convolutions), 2 thread(s)")
+
+
+def test_a_docs_page_keeps_the_results_it_cites_that_runs_lacks(tmp_path):
+    """A machine holding only some runs updates a docs page without losing the others' numbers;
+    one whose training has changed since is left out, and --only-runs drops them all."""
+    runs = str(tmp_path / "runs")
+    write_run(runs, "viper-mtdnet-cpu", result("viper", "mtdnet", ranks=(1, 1, 1, 1)), (0, 0, 200))
+    write_run(runs, "viper-cls-cpu", result("viper", "cls", ranks=(2, 2, 2, 2)), (200, 0, 0))
+    write_run(runs, "cuhk01-rnk-cpu", result("cuhk01", "rnk", ranks=(1, 2, 2, 3)), (0, 200, 0))
+    for name in ("viper-mtdnet-cpu", "viper-cls-cpu", "cuhk01-rnk-cpu"):
+        with open(os.path.join(runs, name, "run.json"), "w") as f:
+            json.dump(dict(iterations=5000, train_seconds=60.0), f)
+    docs = str(tmp_path / "docs")
+    R.build_report(runs, docs)
+    # Best (and only) CUHK01 result: its ranked gallery is kept beside its result as well.
+    assert os.path.isfile(os.path.join(docs, "cuhk01-rnk-cpu", "ranked-paper.png"))
+    assert not os.path.exists(os.path.join(docs, "viper-cls-cpu", "ranked-paper.png"))
+
+    # Another machine: the MTDnet run redone (a new number), CUHK01's and cls's runs absent.
+    other = str(tmp_path / "other")
+    write_run(other, "viper-mtdnet-cpu", result("viper", "mtdnet", ranks=(1, 1, 1, 2)), (0, 0, 100))
+    with open(os.path.join(other, "viper-mtdnet-cpu", "run.json"), "w") as f:
+        json.dump(dict(iterations=5000, train_seconds=70.0), f)
+    warned = []
+    md, written = R.build_report(other, docs, warn=warned.append)
+    assert warned == []
+    rel = sorted(os.path.relpath(p, docs) for p in written)
+    assert "cuhk01-rnk-cpu/cmc-paper.json" in rel and "cuhk01-rnk-cpu/run.json" in rel
+    assert "viper-cls-cpu/cmc-paper.json" in rel and "report_ranked_cuhk01.png" in rel
+    assert "75.00 [" in md                                         # the redone MTDnet number
+    assert "25.00 [" in md and "0.00 [" in md                      # CUHK01 rnk and VIPeR cls kept
+    assert md.count("carried over from this page's previous version") == 2
+    note = next(l for l in md.splitlines() if "(`cuhk01-rnk-cpu/cmc-paper.json`)" in l)
+    assert "carried over" in note and "wall time: training 1 min" in note
+    assert "reproduce: `make train DATASET=cuhk01 VARIANT=rnk" in md
+    with open(os.path.join(docs, "cuhk01-rnk-cpu", "cmc-paper.json")) as f:
+        assert "kept" not in json.load(f)                          # the record is copied as it was
+
+    # A kept result whose training this machine has in another state is stale: left out, named.
+    os.makedirs(os.path.join(other, "viper-cls-cpu"))
+    with open(os.path.join(other, "viper-cls-cpu", "run.json"), "w") as f:
+        json.dump(dict(iterations=100, train_seconds=5.0), f)     # retraining, not yet evaluated
+    md, _ = R.build_report(other, docs, warn=warned.append)
+    assert len(warned) == 1 and "viper-cls-cpu/cmc-paper.json" in warned[0] and "has changed" in warned[0]
+    assert "(`viper-cls-cpu/cmc-paper.json`)" not in md and "(`cuhk01-rnk-cpu/cmc-paper.json`)" in md
+    assert os.path.isfile(os.path.join(docs, "report_ranked_cuhk01.png"))   # still drawn from the kept copy
+
+    p = subprocess.run([sys.executable, "tools/report.py", "--runs-dir", other, "--out", docs, "--only-runs"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "cuhk01-rnk-cpu" not in p.stdout and sorted(os.listdir(docs)) == [
+        "report.md", "report_cmc.png", "report_cmc_viper.png", "report_ranked_viper.png", "viper-mtdnet-cpu"]

@@ -4,7 +4,8 @@
 Writes runs/report.md (our numbers beside the paper's, each labelled with its
 protocol, split, profile, initialisation and iterations), runs/report_cmc.png
 (all CMC curves) and runs/report_ranked_<dataset>.png (the best run's ranked
-gallery per dataset), and prints the Markdown.
+gallery per dataset), and prints the Markdown. With --out (a docs page) the results that
+page already cites and runs/ lacks stay in it, unless their training under runs/ has changed.
 """
 import argparse
 import os
@@ -22,8 +23,12 @@ def main(argv=None):
     ap.add_argument("--out", default=None,
                     help="write the report there instead (a docs page), with copies of the result and "
                          "run records its notes cite")
+    ap.add_argument("--only-runs", action="store_true",
+                    help="with --out: leave out the results that folder already cites and the runs "
+                         "folder lacks (kept by default)")
     a = ap.parse_args(argv)
-    md, written = build_report(os.path.abspath(a.runs_dir), a.out and os.path.abspath(a.out))
+    md, written = build_report(os.path.abspath(a.runs_dir), a.out and os.path.abspath(a.out),
+                               keep=not a.only_runs, warn=lambda m: print("warning: " + m, file=sys.stderr))
     print(md)
     print("wrote " + ", ".join(written), file=sys.stderr)
     return 0
