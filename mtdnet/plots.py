@@ -155,24 +155,29 @@ def plot_output_comparison(logs, outputs, path, *, title="training"):
 
     logs: {name: Caffe log path or parsed log}; outputs: output names. Shows
     how different settings train (here: when the pair classifier starts to learn).
+    A run without one of the outputs (a single-task net) is left out of that panel
+    and keeps its colour in the others.
     """
     items = [(name, read_caffe_log(log) if isinstance(log, (str, os.PathLike)) else log)
              for name, log in (logs.items() if isinstance(logs, dict) else logs)]
     if not items or not outputs:
         raise MtdnetError("plot_output_comparison: need at least one log and one output")
-    for name, parsed in items:
-        lacking = [o for o in outputs if o not in parsed["outputs"]]
-        if lacking:
-            raise MtdnetError(f"plot_output_comparison: run '{name}' has no train-net output "
-                              f"{', '.join(lacking)} (it has {', '.join(sorted(parsed['outputs'])) or 'none'})")
+    for out in outputs:
+        if not any(out in parsed["outputs"] for _, parsed in items):
+            has = sorted({o for _, parsed in items for o in parsed["outputs"]})
+            raise MtdnetError(f"plot_output_comparison: no run ({', '.join(n for n, _ in items)}) has the "
+                              f"train-net output {out} (they have {', '.join(has) or 'none'})")
     fig = _figure((LOSS_SIZE[0], LOSS_SIZE[1] * len(outputs) // 2 + 100))
     axes = fig.subplots(len(outputs), 1, sharex=True, squeeze=False)[:, 0]
     for ax, out in zip(axes, outputs):
-        for name, parsed in items:
-            xs, ys = parsed["outputs"][out]
-            ax.plot(xs, ys, linewidth=1.4, label=name)
+        for i, (name, parsed) in enumerate(items):
+            if out in parsed["outputs"]:
+                xs, ys = parsed["outputs"][out]
+                ax.plot(xs, ys, linewidth=1.4, label=name, color=f"C{i % 10}")
         ax.set_ylabel(out)
         ax.grid(True, alpha=0.3)
+        if ax is not axes[-1]:
+            ax.legend(loc="best", fontsize=9)     # each panel names its own runs
     axes[0].set_title(title)
     return _finish(fig, axes[-1], path, "iteration", outputs[-1], None, "best")
 
