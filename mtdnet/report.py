@@ -313,25 +313,31 @@ def _check_replaceable_in_runs(runs_dir, names):
                               f"it. {KEEP_YOURS}")
 
 
+def _result_key(r):
+    """(run, cmc file name): one result, wherever its folder is."""
+    return r["run"], os.path.basename(r["path"])
+
+
 def kept_results(out_dir, runs_dir, results, warn=None):
-    """The results a report folder already cites that runs_dir lacks (another machine's runs,
-    or runs since removed), each with its copied training record: ([result], {path: (Run,
-    run.json)}). One whose training runs_dir holds in another state (retrained or resumed
-    since) is stale and left out, with a warning naming it."""
-    if not _report_folder_ours(out_dir):
-        return [], {}
-    have = {(r["run"], os.path.basename(r["path"])) for r in results}
+    """The results a report folder (checked by the caller) already cites that runs_dir lacks
+    (another machine's runs, or runs since removed), each with its copied training record:
+    ([result], {path: (Run, run.json)}). One whose training runs_dir holds in another state
+    (retrained or resumed since) is stale and left out, with a warning naming it."""
+    have = {_result_key(r) for r in results}
+    now = {}       # run.json under runs_dir per training (MTDnet-trp's results share MTDnet's)
     kept, records = [], {}
     for r in find_results(out_dir):
-        if (r["run"], os.path.basename(r["path"])) in have:
+        if _result_key(r) in have:
             continue
         run, info = training_record(r, out_dir)
         if run is not None:
-            now = os.path.join(runs_dir, run.name, "run.json")
-            if os.path.isfile(now) and read_json(now, "run description") != info:
+            path = os.path.join(runs_dir, run.name, "run.json")
+            if run.name not in now:
+                now[run.name] = read_json(path, "run description") if os.path.isfile(path) else None
+            if now[run.name] is not None and now[run.name] != info:
                 if warn:
-                    warn(f"left out {r['run']}/{os.path.basename(r['path'])} of {out_dir}: its training "
-                         f"{now} has changed since (evaluate it again with `make eval`)")
+                    warn(f"left out {'/'.join(_result_key(r))} of {out_dir}: its training {path} has "
+                         f"changed since (evaluate it again with `make eval`)")
                 continue
         r["kept"] = True
         kept.append(r)

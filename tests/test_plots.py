@@ -232,10 +232,13 @@ def test_output_comparison_plot_and_cli(tmp_path):
     assert p.returncode == 0, p.stderr
     w, h = png_size(out)
     assert w == plots.LOSS_SIZE[0] and h == plots.LOSS_SIZE[1] + 100    # two panels
+    def blue(p):     # matplotlib's C0
+        return ((p[..., 2] > 150) & (p[..., 0] < 80)).sum()
+
+    def orange(p):   # C1
+        return ((p[..., 0] > 200) & (p[..., 1] > 100) & (p[..., 1] < 160) & (p[..., 2] < 60)).sum()
     px = pixels(out)
-    blue = ((px[..., 2] > 150) & (px[..., 0] < 80)).sum()                  # matplotlib's C0, C1
-    orange = ((px[..., 0] > 200) & (px[..., 1] > 100) & (px[..., 1] < 160) & (px[..., 2] < 60)).sum()
-    assert blue > 100 and orange > 100
+    assert blue(px) > 100 and orange(px) > 100
     with pytest.raises(MtdnetError, match=r"no run \(b\) has the train-net output accuracy \(they have cls_loss"):
         plots.plot_output_comparison({"b": caffelog.parse_caffe_log(second)}, ["accuracy"], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
@@ -246,10 +249,8 @@ def test_output_comparison_plot_and_cli(tmp_path):
                                  ["cls_loss", "extra"], tmp_path / "y.png")
     px = pixels(tmp_path / "y.png")
     top, bottom = px[: px.shape[0] // 2], px[px.shape[0] // 2:]
-    is_orange = lambda p: ((p[..., 0] > 200) & (p[..., 1] > 100) & (p[..., 1] < 160) & (p[..., 2] < 60)).sum()
-    is_blue = lambda p: ((p[..., 2] > 150) & (p[..., 0] < 80)).sum()
-    assert is_blue(top) > 100 and is_orange(top) < 20          # b (C0) in cls_loss only
-    assert is_orange(bottom) > 100 and is_blue(bottom) < 20    # a (C1) in extra only
+    assert blue(top) > 100 and orange(top) < 20          # b (C0) in cls_loss only
+    assert orange(bottom) > 100 and blue(bottom) < 20    # a (C1) in extra only
     p = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "compare_runs.py"), str(tmp_path / "a")],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "give --cmc and/or --train" in p.stderr
