@@ -325,13 +325,14 @@ def kept_results(out_dir, runs_dir, results, warn=None):
     (retrained or resumed since) is stale and left out, with a warning naming it."""
     have = {_result_key(r) for r in results}
     now = {}       # run.json under runs_dir per training (MTDnet-trp's results share MTDnet's)
+    here = Project(runs_dir=runs_dir)
     kept, records = [], {}
     for r in find_results(out_dir):
         if _result_key(r) in have:
             continue
         run, info = training_record(r, out_dir)
         if run is not None:
-            path = os.path.join(runs_dir, run.name, "run.json")
+            path = dataclasses.replace(run, project=here).info
             if run.name not in now:
                 now[run.name] = read_json(path, "run description") if os.path.isfile(path) else None
             if now[run.name] is not None and now[run.name] != info:
