@@ -92,6 +92,9 @@ def test_build_report_writes_table_curves_and_best_ranked_gallery(tmp_path):
     write_run(runs, "synthetic-rnk-tiny", result("synthetic", "rnk", "random", trials=3), (0, 200, 0))
     # A tuning result (held-out training identities) is no test number: left out.
     write_run(runs, "viper-cls-cpu-val", result("viper", "cls", ranks=(1, 1, 1, 1), split="val"), (9, 9, 9))
+    # A random split's higher number is no Table 1 number: the gallery shown stays the paper split's.
+    write_run(runs, "viper-trp-cpu-random0", result("viper", "trp", ranks=(1, 1, 1, 1), split="random0"),
+              (9, 200, 9))
     md, written = R.build_report(runs)
     names = sorted(os.path.basename(p) for p in written)
     assert names == ["report.md", "report_cmc.png", "report_cmc_synthetic.png", "report_cmc_viper.png",
@@ -99,7 +102,7 @@ def test_build_report_writes_table_curves_and_best_ranked_gallery(tmp_path):
     assert "`report_cmc_viper.png`" in md
     with open(os.path.join(runs, "report.md")) as f:
         assert f.read() == md
-    assert md.count("[3]") == 2 and "[4]" not in md              # three numbers, each noted once
+    assert md.count("[4]") == 2 and "[5]" not in md              # four numbers, each noted once
     with Image.open(os.path.join(runs, "report_cmc.png")) as im:
         assert im.size == plots.CMC_SIZE
     with open(os.path.join(runs, "report_ranked_viper.png"), "rb") as a, \
