@@ -67,7 +67,7 @@ def _figure(size_px):
 # ---- CMC ----------------------------------------------------------------------
 
 def cmc_label(name, result):
-    """Legend text: run name, rank-1 (with spread over trials), protocol."""
+    """Legend text: run name, rank-1 (with spread over trials or random splits), protocol."""
     r1 = result.get("rank1")
     if r1 is None:
         r1 = result["cmc"][0]
@@ -76,7 +76,9 @@ def cmc_label(name, result):
         text += f" \u00b1 {result['rank1_std']:.2f}"
     if result.get("protocol"):
         n = result.get("trials", 1)
-        text += f" ({result['protocol']}" + (f", {n} trials)" if n > 1 else ")")
+        # A mean over random splits counts its splits in "trials" too.
+        what = "splits" if result.get("splits") else "trials"
+        text += f" ({result['protocol']}" + (f", {n} {what})" if n > 1 else ")")
     return text
 
 

@@ -388,17 +388,29 @@ def build_report(runs_dir, out_dir=None, keep=True, warn=None):
     return md, [os.path.join(out_dir, n) for n in names]
 
 
+def _one_random_split(r):
+    """A result of one random<k> split (not their mean)."""
+    try:
+        split = Split.parse(r.get("split") or PAPER.name)
+    except MtdnetError:
+        return False        # a combined result (the random-split mean)
+    return split.kind == "random" and split.index is not None
+
+
 def _draw_report(results, records, out_dir, runs_dir, copies):
     """The report's files under out_dir (a staging folder); returns (markdown, [relative names]),
     report.md first."""
     written = []
+    # Each random split's own curve is in the table only: their mean stands for them, and
+    # dozens of curves would hide the rest.
+    drawn = [r for r in results if not _one_random_split(r)]
     cmc_png = os.path.join(out_dir, "report_cmc.png")
-    plots.plot_cmc([(f"{r['run']}", r) for r in results], cmc_png, title="CMC of every evaluated run")
+    plots.plot_cmc([(f"{r['run']}", r) for r in drawn], cmc_png, title="CMC of every evaluated run")
     written.append(cmc_png)
     curves = []
-    for d in sorted({r["dataset"] for r in results}):
+    for d in sorted({r["dataset"] for r in drawn}):
         png = os.path.join(out_dir, f"report_cmc_{d}.png")
-        plots.plot_cmc([(r["run"], r) for r in results if r["dataset"] == d], png,
+        plots.plot_cmc([(r["run"], r) for r in drawn if r["dataset"] == d], png,
                        title=f"{dataset_title(d)}: CMC of our runs")
         written.append(png)
         curves.append(f"- {dataset_title(d)}: `{os.path.basename(png)}`")

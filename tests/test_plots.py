@@ -155,6 +155,8 @@ def test_cmc_plot(tmp_path):
     assert plots.cmc_label("mtdnet", runs["mtdnet"]) == "mtdnet: rank-1 40.00% (paper)"
     assert plots.cmc_label("mtdnet-rnk", runs["mtdnet-rnk"]) == \
         "mtdnet-rnk: rank-1 0.00% \u00b1 0.00 (random, 3 trials)"
+    mean = dict(runs["mtdnet-rnk"], protocol="paper", splits=3)
+    assert plots.cmc_label("m", mean) == "m: rank-1 0.00% \u00b1 0.00 (paper, 3 splits)"
     # One run and a list of pairs work too; no run is an error.
     plots.plot_cmc([("a", runs["mtdnet"])], tmp_path / "one.png", max_rank=20)
     assert png_size(tmp_path / "one.png") == plots.CMC_SIZE

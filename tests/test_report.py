@@ -85,8 +85,15 @@ def test_split_means_get_their_own_row():
     assert "10/20/30 iterations" in md
 
 
-def test_build_report_writes_table_curves_and_best_ranked_gallery(tmp_path):
+def test_build_report_writes_table_curves_and_best_ranked_gallery(tmp_path, monkeypatch):
     runs = str(tmp_path)
+    drawn = {}
+    plot_cmc = plots.plot_cmc
+
+    def recording(items, path, **kw):
+        drawn[os.path.basename(path)] = [name for name, _ in items]
+        return plot_cmc(items, path, **kw)
+    monkeypatch.setattr(plots, "plot_cmc", recording)
     write_run(runs, "viper-mtdnet-cpu", result("viper", "mtdnet", ranks=(2, 2, 2, 2)), (200, 0, 0))
     best = write_run(runs, "viper-cls-cpu", result("viper", "cls", ranks=(1, 1, 1, 2)), (0, 0, 200))
     write_run(runs, "synthetic-rnk-tiny", result("synthetic", "rnk", "random", trials=3), (0, 200, 0))
@@ -109,6 +116,10 @@ def test_build_report_writes_table_curves_and_best_ranked_gallery(tmp_path):
             open(os.path.join(best, "ranked-paper.png"), "rb") as b:
         assert a.read() == b.read()                               # the higher rank-1 (cls) is shown
     assert "report_ranked_viper.png` (from `viper-cls-cpu`" in md
+    # One random split's result is a row of the table, not a curve (their mean would be one).
+    assert "random0 split" in md
+    assert drawn["report_cmc_viper.png"] == ["viper-cls-cpu", "viper-mtdnet-cpu"]
+    assert "viper-trp-cpu-random0" not in drawn["report_cmc.png"]
 
 
 def test_pre_trained_rows_wall_times_commands_and_a_docs_copy(tmp_path):
