@@ -4,9 +4,9 @@ Reads every runs/<run>/cmc-<protocol>.json that `make eval` wrote (except the
 tuning split `val`'s) and writes
   runs/report.md                  the table (paper rows and ours), with a note per number
                                   (protocol, split, profile, initialisation, iterations)
-  runs/report_cmc.png             every result's CMC curve
+  runs/report_cmc.png             every result's CMC curve (random splits: their mean's)
   runs/report_cmc_<dataset>.png   the dataset's CMC curves
-  runs/report_ranked_<dataset>.png  the ranked gallery of the dataset's best result (rank-1)
+  runs/report_ranked_<dataset>.png  the ranked gallery of the dataset's best paper-split result (rank-1)
 """
 import dataclasses
 import glob
