@@ -15,6 +15,7 @@ import os
 import tempfile
 
 from core import PAPER, DataSpec, MtdnetError, Project, Run, Split, datasets, variants
+from core.runs import MEAN
 from core.fsutil import atomic_dir, atomic_write_bytes, atomic_write_text, read_json, require_replaceable
 from data_prep.datasets import default_root
 from mtdnet import plots
@@ -45,15 +46,21 @@ def find_results(runs_dir):
         if r.get("on", "test") != "test":
             continue       # validation numbers choose settings and snapshots; they are not results
         try:
-            if Split.parse(r.get("split")).is_tuning:
-                continue   # tuning numbers on held-out training identities, not a test result
-        except MtdnetError:
-            pass       # random-mean and other combined results
-
+            split = result_split(r)
+        except MtdnetError as e:
+            raise MtdnetError(f"{path}: {e}") from None
+        if split is not None and split.is_tuning:
+            continue       # tuning numbers on held-out training identities, not a test result
         r["run"] = os.path.basename(os.path.dirname(path))
         r["path"] = path
         out.append(r)
     return out
+
+
+def result_split(r):
+    """The Split a result was scored on; None for a mean over random splits."""
+    name = r.get("split") or PAPER.name
+    return None if name == MEAN else Split.parse(name)
 
 
 def split_label(r):
@@ -252,7 +259,8 @@ def best_per_dataset(results):
     the paper split where there is one (the split Table 1 compares on; a random split's
     number is not comparable with it)."""
     def key(r):
-        return ((r.get("split") or PAPER.name) == PAPER.name, r["rank1"])
+        split = result_split(r)
+        return (split is not None and split.is_paper, r["rank1"])
     best = {}
     for r in results:
         png = os.path.join(os.path.dirname(r["path"]), f"ranked-{r['protocol']}.png")
@@ -390,11 +398,8 @@ def build_report(runs_dir, out_dir=None, keep=True, warn=None):
 
 def _one_random_split(r):
     """A result of one random<k> split (not their mean)."""
-    try:
-        split = Split.parse(r.get("split") or PAPER.name)
-    except MtdnetError:
-        return False        # a combined result (the random-split mean)
-    return split.kind == "random" and split.index is not None
+    split = result_split(r)
+    return split is not None and split.kind == "random" and split.index is not None
 
 
 def _draw_report(results, records, out_dir, runs_dir, copies):
